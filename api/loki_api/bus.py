@@ -1,0 +1,277 @@
+"""The in-memory event bus: sequence numbers, history ring buffer, fan-out, stats.
+
+An event is encoded exactly once, when it is published: the envelope JSON (kept
+for history and the durable log) and the complete SSE frame (shared by every
+subscriber). Fan-out appends that one `bytes` object to each matching
+subscriber's pending list, so a thousand subscribers cost a thousand list
+appends, not a thousand encodes.
+
+Subscribers with equal filters share a group, so a filter is evaluated once per
+group, not once per subscriber.
+
+A subscriber whose pending list passes `max_pending` frames is cut off (its
+stream ends and the client resumes with `Last-Event-ID`): a slow reader never
+blocks the bus or grows memory without bound.
+
+All methods must be called from the event loop's thread; threads use
+`publish_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+
+from .encoding import decode_raw_event, encode
+from .eventlog import EventLog, seq_of
+from .filters import MATCH_ALL, EventFilter
+from .models import Event
+
+PING_FRAME = b": ping\n\n"
+
+
+def sse_frame(event_id: str, event_type: str, json: bytes) -> bytes:
+    return b"".join(
+        (b"id: ", event_id.encode(), b"\nevent: ", event_type.encode(), b"\ndata: ", json, b"\n\n")
+    )
+
+
+def iso_timestamp(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+class StoredEvent:
+    """One published event, already encoded."""
+
+    __slots__ = ("seq", "type", "session_id", "json", "frame")
+
+    def __init__(
+        self, seq: int, event_id: str, type: str, session_id: str | None, json: bytes
+    ) -> None:
+        self.seq = seq
+        self.type = type
+        self.session_id = session_id
+        self.json = json
+        self.frame = sse_frame(event_id, type, json)
+
+
+class Subscriber:
+    """One stream's queue of frames waiting to be written."""
+
+    __slots__ = ("filter", "pending", "closed", "overflowed", "_wakeup")
+
+    def __init__(self, event_filter: EventFilter) -> None:
+        self.filter = event_filter
+        self.pending: list[bytes] = []
+        self.closed = False
+        self.overflowed = False
+        self._wakeup = anyio.Event()
+
+    def push(self, frame: bytes) -> None:
+        self.pending.append(frame)
+        if len(self.pending) == 1:
+            self._wakeup.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wakeup.set()
+
+    async def wait(self) -> None:
+        """Return once frames are pending or the subscriber is closed."""
+        if self.pending or self.closed:
+            return
+        self._wakeup = anyio.Event()
+        await self._wakeup.wait()
+
+    def take(self) -> list[bytes]:
+        frames, self.pending = self.pending, []
+        return frames
+
+
+class EventBus:
+    def __init__(
+        self,
+        history: int = 1000,
+        log: EventLog | None = None,
+        max_pending: int = 10_000,
+    ) -> None:
+        self._history: deque[StoredEvent] = deque(maxlen=max(history, 0) or None)
+        self._history_limit = history
+        self._log = log
+        self.max_pending = max_pending
+        self._groups: dict[EventFilter, set[Subscriber]] = {}
+        self._seq = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_scheduled = False
+        self.published = 0
+        self.delivered = 0
+        self.dropped = 0
+        self.by_type: Counter[str] = Counter()
+        if log is not None:
+            self._refill(log)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    @property
+    def history_size(self) -> int:
+        return len(self._history)
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(group) for group in self._groups.values())
+
+    def _refill(self, log: EventLog) -> None:
+        tail, last_seq = log.load_tail(self._history_limit)
+        self._seq = last_seq
+        for seq, json in tail:
+            raw = decode_raw_event(json)
+            self._history.append(StoredEvent(seq, raw.id, raw.type, raw.session_id, json))
+
+    # ---------------------------------------------------------------- publish
+
+    def publish(self, type: str, data: Any, session_id: str | None = None) -> Event:
+        """Stamp, encode once, record and fan out one event. Returns the envelope."""
+        self._seq += 1
+        seq = self._seq
+        now = time.time()
+        event_id = f"evt_{seq}_{int(now * 1000)}"
+        event = Event(id=event_id, type=type, timestamp=iso_timestamp(now),
+                      session_id=session_id, data=data)
+        stored = StoredEvent(seq, event_id, type, session_id, encode(event))
+        if self._history.maxlen != 0:
+            self._history.append(stored)
+        self.published += 1
+        self.by_type[type] += 1
+        if self._log is not None:
+            self._log.append(stored.json)
+            self._schedule_flush()
+        frame = stored.frame
+        for event_filter, group in list(self._groups.items()):
+            if event_filter is MATCH_ALL or event_filter.matches(type, session_id):
+                for subscriber in list(group):
+                    if len(subscriber.pending) >= self.max_pending:
+                        self._cut_off(subscriber)
+                    else:
+                        subscriber.push(frame)
+        return event
+
+    def publish_threadsafe(self, type: str, data: Any, session_id: str | None = None) -> None:
+        """Publish from another thread (e.g. a file-watcher thread)."""
+        if self._loop is None:
+            raise RuntimeError("the bus is not bound to an event loop yet")
+        self._loop.call_soon_threadsafe(self.publish, type, data, session_id)
+
+    def bind_loop(self) -> None:
+        """Remember the running loop (for thread hand-off and log flushing)."""
+        self._loop = asyncio.get_running_loop()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_scheduled:
+            return
+        if self._loop is None:
+            self.flush()
+            return
+        self._flush_scheduled = True
+        self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if self._log is not None:
+            self._log.flush()
+
+    def close(self) -> None:
+        for group in self._groups.values():
+            for subscriber in group:
+                subscriber.close()
+        self._groups.clear()
+        if self._log is not None:
+            self._log.close()
+
+    # --------------------------------------------------------------- subscribe
+
+    def subscribe(
+        self,
+        event_filter: EventFilter = MATCH_ALL,
+        *,
+        after_id: str | None = None,
+        last: int = 0,
+    ) -> tuple[Subscriber, list[StoredEvent]]:
+        """Add a subscriber and return it with the history it should replay first.
+
+        Both happen in one step on the loop thread, so no event can fall between
+        the replayed history and the first live one, and none is sent twice.
+        `after_id` (a `Last-Event-ID`) wins over `last`.
+        """
+        if after_id is not None:
+            replay = self.history(event_filter, after_id=after_id)
+        elif last > 0:
+            replay = self.history(event_filter, limit=last)
+        else:
+            replay = []
+        if event_filter == MATCH_ALL:
+            event_filter = MATCH_ALL  # share the identity fast path in publish
+        subscriber = Subscriber(event_filter)
+        self._groups.setdefault(event_filter, set()).add(subscriber)
+        return subscriber, replay
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        group = self._groups.get(subscriber.filter)
+        if group is not None:
+            group.discard(subscriber)
+            if not group:
+                del self._groups[subscriber.filter]
+
+    def _cut_off(self, subscriber: Subscriber) -> None:
+        self.unsubscribe(subscriber)
+        subscriber.overflowed = True
+        self.dropped += len(subscriber.pending)
+        subscriber.close()
+
+    def ping_all(self) -> None:
+        """Queue a keep-alive comment on every stream (one pass, no per-stream timers)."""
+        for group in self._groups.values():
+            for subscriber in group:
+                subscriber.push(PING_FRAME)
+
+    # ----------------------------------------------------------------- history
+
+    def history(
+        self,
+        event_filter: EventFilter = MATCH_ALL,
+        *,
+        limit: int | None = None,
+        after_id: str | None = None,
+    ) -> list[StoredEvent]:
+        """Matching events in order, optionally only those after `after_id`, the last `limit`."""
+        after_seq = seq_of(after_id) if after_id is not None else None
+        if after_id is not None and after_seq is None:
+            raise ValueError(f"not an event id: {after_id!r}")
+        selected: list[StoredEvent] = []
+        for stored in reversed(self._history):
+            if after_seq is not None and stored.seq <= after_seq:
+                break
+            if event_filter.matches(stored.type, stored.session_id):
+                selected.append(stored)
+                if limit is not None and len(selected) >= limit:
+                    break
+        selected.reverse()
+        return selected
+
+    def oldest_seq(self) -> int | None:
+        return self._history[0].seq if self._history else None
+
+
+def frames_of(events: Iterable[StoredEvent]) -> list[bytes]:
+    return [stored.frame for stored in events]
