@@ -191,11 +191,15 @@ class EventBus:
         if self._log is not None:
             self._log.flush()
 
-    def close(self) -> None:
+    def close_streams(self) -> None:
+        """End every open stream (server shutdown); clients resume with Last-Event-ID."""
         for group in self._groups.values():
             for subscriber in group:
                 subscriber.close()
         self._groups.clear()
+
+    def close(self) -> None:
+        self.close_streams()
         if self._log is not None:
             self._log.close()
 
@@ -236,7 +240,7 @@ class EventBus:
     def _cut_off(self, subscriber: Subscriber) -> None:
         self.unsubscribe(subscriber)
         subscriber.overflowed = True
-        self.dropped += len(subscriber.pending)
+        self.dropped += 1  # the frame that did not fit; the client resumes from its last id
         subscriber.close()
 
     def ping_all(self) -> None:

@@ -1,0 +1,153 @@
+"""The `loki` command: `loki serve` runs the server; other subcommands are the SDK's client CLI.
+
+Thin by design: parse flags → `Settings` → `serve.run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from . import __version__
+from .settings import DEFAULT_PORT, Settings, SettingsError, env_float, env_int
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="loki serve",
+                     description="Run the Loki API server (HTTP + Server-Sent Events).")
+    add = parser.add_argument
+    add("--port", "-p", type=int, help=f"listen port (LOKI_API_PORT, default {DEFAULT_PORT})")
+    add("--host", help="bind address (LOKI_API_HOST, default 127.0.0.1)")
+    add("--loki-dir", type=Path, help="project directory holding .loki/ (LOKI_DIR, default .)")
+    add("--cli", help="command that runs a session (LOKI_CLI)")
+    add("--simulate", action="store_true", help="use the bundled session simulator as the CLI")
+    add("--max-sessions", type=int, help="concurrent running sessions (LOKI_MAX_SESSIONS, 1)")
+    add("--token", help="bearer token required from non-loopback clients (LOKI_API_TOKEN)")
+    add("--no-auth", action="store_true", help="disable authentication")
+    add("--no-cors", action="store_true", help="disable CORS headers")
+    add("--cors-origins", help="comma list of allowed origins (LOKI_API_CORS)")
+    add("--tls-cert", type=Path, help="TLS certificate file (LOKI_TLS_CERT)")
+    add("--tls-key", type=Path, help="TLS private key file (LOKI_TLS_KEY)")
+    add("--generate-token", action="store_true", help="print a fresh random token and exit")
+    add("--history", type=int, help="events kept in memory for replay (LOKI_EVENT_HISTORY, 1000)")
+    add("--stop-grace", type=float,
+        help="seconds between SIGTERM and SIGKILL on stop (LOKI_STOP_GRACE, 10)")
+    add("--stop-sessions-on-exit", action="store_true",
+        help="stop running sessions when the server shuts down")
+    add("--rate-limit", type=int, help="requests per minute per client (LOKI_RATE_LIMIT, off)")
+    add("--log-level", choices=LOG_LEVELS, help="server log level (LOKI_LOG_LEVEL, info)")
+    add("--keepalive", type=float, help="seconds between SSE keep-alive comments (15)")
+    add("--version", action="version", version=f"loki-api {__version__}")
+    return parser
+
+
+def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    """Flags win over environment variables, which win over defaults."""
+
+    def pick(flag: object, env_value: object, default: object) -> object:
+        return flag if flag is not None else (env_value if env_value is not None else default)
+
+    port = pick(args.port, env_int(env, "LOKI_API_PORT") or env_int(env, "LOKI_DASHBOARD_PORT"),
+                DEFAULT_PORT)
+    log_level = args.log_level or env.get("LOKI_LOG_LEVEL", "").lower() or (
+        "debug" if env.get("LOKI_DEBUG", "").lower() in ("1", "true", "yes") else "info")
+    if log_level == "warn":
+        log_level = "warning"
+    if log_level not in LOG_LEVELS:
+        raise SettingsError(f"LOKI_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    origins_raw = args.cors_origins or env.get("LOKI_API_CORS", "")
+    tls_cert = args.tls_cert or (Path(env["LOKI_TLS_CERT"]) if env.get("LOKI_TLS_CERT") else None)
+    tls_key = args.tls_key or (Path(env["LOKI_TLS_KEY"]) if env.get("LOKI_TLS_KEY") else None)
+    loki_dir = args.loki_dir or (Path(env["LOKI_DIR"]) if env.get("LOKI_DIR") else Path.cwd())
+    settings = Settings(
+        port=int(port),  # type: ignore[call-overload]
+        host=args.host or env.get("LOKI_API_HOST") or "127.0.0.1",
+        loki_dir=loki_dir.expanduser().resolve(),
+        cli=args.cli or env.get("LOKI_CLI") or None,
+        simulate=args.simulate,
+        max_sessions=int(pick(args.max_sessions, env_int(env, "LOKI_MAX_SESSIONS"), 1)),  # type: ignore[call-overload]
+        token=args.token or env.get("LOKI_API_TOKEN") or None,
+        auth=not args.no_auth,
+        cors=not args.no_cors,
+        cors_origins=tuple(o.strip() for o in origins_raw.split(",") if o.strip()),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        history=int(pick(args.history, env_int(env, "LOKI_EVENT_HISTORY"), 1000)),  # type: ignore[call-overload]
+        stop_grace=float(pick(args.stop_grace, env_float(env, "LOKI_STOP_GRACE"), 10.0)),  # type: ignore[arg-type]
+        stop_sessions_on_exit=args.stop_sessions_on_exit,
+        rate_limit=int(pick(args.rate_limit, env_int(env, "LOKI_RATE_LIMIT"), 0)),  # type: ignore[call-overload]
+        log_level=log_level,
+        keepalive=float(pick(args.keepalive, env_float(env, "LOKI_SSE_KEEPALIVE"), 15.0)),  # type: ignore[arg-type]
+    )
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    if not 0 <= settings.port <= 65535:
+        raise SettingsError(f"port must be between 0 and 65535, not {settings.port}")
+    if settings.max_sessions < 1:
+        raise SettingsError("--max-sessions must be at least 1")
+    if settings.history < 0:
+        raise SettingsError("--history must not be negative")
+    if settings.stop_grace < 0:
+        raise SettingsError("--stop-grace must not be negative")
+    if settings.rate_limit < 0:
+        raise SettingsError("--rate-limit must not be negative")
+    if settings.keepalive <= 0:
+        raise SettingsError("--keepalive must be positive")
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise SettingsError("--tls-cert and --tls-key go together")
+    for path in (settings.tls_cert, settings.tls_key):
+        if path is not None and not os.access(path, os.R_OK):
+            raise SettingsError(f"cannot read TLS file {path}")
+    if settings.token is not None and len(settings.token) < 16:
+        raise SettingsError("the API token must be at least 16 characters")
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.generate_token:
+        print(secrets.token_hex(32))
+        return 0
+    try:
+        settings = settings_from(args, os.environ)
+    except SettingsError as exc:
+        print(f"loki serve: error: {exc}", file=sys.stderr)
+        return 2
+    from .serve import run
+
+    return run(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "serve":
+        return serve_main(argv[1:])
+    if argv and argv[0] in ("--version", "-V"):
+        print(f"loki-api {__version__}")
+        return 0
+    try:
+        from loki_client._cli import main as client_main
+    except ImportError:
+        print("usage: loki serve [options]   (see 'loki serve --help')", file=sys.stderr)
+        return 2
+    return client_main(argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

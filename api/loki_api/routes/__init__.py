@@ -1,0 +1,11 @@
+"""The route table: one module per group of routes."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+from . import events, health
+
+
+def build_routes() -> list[BaseRoute]:
+    return [*health.routes, *events.routes]

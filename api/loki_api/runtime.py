@@ -1,0 +1,103 @@
+"""Everything one server instance owns, and its lifetime.
+
+The `Runtime` lives on `app.state.runtime`; there are no module-level
+singletons, so two apps can run side by side in one process (tests do).
+`Runtime.run()` is the lifespan: it opens the durable event log, binds the bus
+to the loop, and runs every long-lived part in one task group, so shutdown is
+one cancel.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+
+from .bus import EventBus
+from .eventlog import EventLog
+from .models import ReadyCheck, SessionCounts
+from .providers import ProviderCache
+from .settings import Settings
+
+# A readiness check answers None when healthy, else a one-line reason.
+Check = Callable[[], str | None]
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started_at = time.monotonic()
+        self.providers = ProviderCache()
+        self.bus = EventBus(history=settings.history, max_pending=settings.max_pending)
+        self.checks: dict[str, Check] = {"stateDir": self.state_dir_writable}
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_at
+
+    @asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        settings = self.settings
+        try:
+            event_log = EventLog(settings.events_dir, max_bytes=settings.event_log_bytes)
+        except OSError as exc:
+            raise RuntimeError(f"cannot use state dir {settings.state_dir}: {exc}") from exc
+        self.bus = EventBus(history=settings.history, log=event_log,
+                            max_pending=settings.max_pending)
+        self.bus.bind_loop()
+        self.started_at = time.monotonic()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keepalive)
+                yield
+                tg.cancel_scope.cancel()
+        finally:
+            self.bus.close()
+
+    async def _keepalive(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.keepalive)
+            self.bus.ping_all()
+
+    def add_check(self, name: str, check: Check) -> None:
+        """Register a readiness check; `/health/ready` and `/health` run them all."""
+        self.checks[name] = check
+
+    def run_checks(self) -> dict[str, ReadyCheck]:
+        results = {}
+        for name, check in self.checks.items():
+            try:
+                problem = check()
+            except Exception as exc:  # a broken check is a failing check, not a 500
+                problem = f"check raised {type(exc).__name__}: {exc}"
+            results[name] = ReadyCheck(ok=problem is None, detail=problem)
+        return results
+
+    def session_counts(self) -> SessionCounts:
+        return SessionCounts()
+
+    def active_session(self) -> str | None:
+        return None
+
+    def cli_description(self) -> str | None:
+        """The session command in use, for health and the banner."""
+        return None
+
+    def cli_problem(self) -> str | None:
+        """Why sessions cannot be started, or None when they can."""
+        return None
+
+    def state_dir_writable(self) -> str | None:
+        """None when the state dir can be written, else why not."""
+        probe = self.settings.state_dir / ".probe"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            return str(exc)
+        return None

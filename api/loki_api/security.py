@@ -1,0 +1,157 @@
+"""Who may talk to the server: DNS-rebinding guard, token auth, and the rate limit.
+
+Pure ASGI middleware (no `BaseHTTPMiddleware`), so streams pass through untouched.
+
+- Trust is decided by the connection's peer address (`scope["client"]`), never
+  by the `Host` header: loopback peers are trusted, others need the token.
+- The token is read from `Authorization: Bearer`, `X-API-Key`, or (on
+  `/api/events` only, for browsers' `EventSource`) `?token=`; compared in
+  constant time.
+- When the server is bound to loopback, a `Host` that is not a loopback name is
+  refused: a page on evil.example that resolves to 127.0.0.1 gets 403.
+- `/health*` needs no token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import math
+import time
+from urllib.parse import parse_qsl
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .errors import error_response
+from .settings import Settings, is_loopback_host
+
+EVENTS_PATH = "/api/events"
+
+
+def is_loopback_peer(scope: Scope) -> bool:
+    client = scope.get("client")
+    if not client:
+        return False
+    host = str(client[0])
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def host_header(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            return value.decode("latin-1")
+    return None
+
+
+def host_name(host: str) -> str:
+    """`[::1]:8420` → `::1`, `localhost:8420` → `localhost`."""
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def presented_token(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, credential = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and credential.strip():
+                return credential.strip()
+        elif name == b"x-api-key" and value.strip():
+            return value.decode("latin-1").strip()
+    if scope.get("path") == EVENTS_PATH:
+        for key, value in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
+            if key == "token" and value:
+                return value
+    return None
+
+
+class SecurityMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self._token = settings.token.encode() if settings.token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        problem = self.check(scope)
+        if problem is not None:
+            status, code, message = problem
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            await error_response(status, message, code, headers=headers)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def check(self, scope: Scope) -> tuple[int, str, str] | None:
+        settings = self.settings
+        if settings.is_loopback_bind:
+            host = host_header(scope)
+            if host is not None and not is_loopback_host(host_name(host)):
+                return 403, "FORBIDDEN", f"Host {host!r} is not allowed for a loopback server"
+        path: str = scope.get("path", "")
+        if not settings.auth or path == "/health" or path.startswith("/health/"):
+            return None
+        if is_loopback_peer(scope):
+            return None
+        if self._token is None:
+            return (401, "UNAUTHORIZED",
+                    "Remote access not configured: start the server with --token "
+                    "(or LOKI_API_TOKEN) and send it as 'Authorization: Bearer <token>'")
+        offered = presented_token(scope)
+        if offered is None or not hmac.compare_digest(offered.encode(), self._token):
+            return 401, "UNAUTHORIZED", "Missing or invalid API token"
+        return None
+
+
+class RateLimitMiddleware:
+    """Fixed one-minute windows per client address; `/health*` is not counted."""
+
+    def __init__(self, app: ASGIApp, per_minute: int) -> None:
+        self.app = app
+        self.limit = per_minute
+        self._windows: dict[str, tuple[int, int]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or path == "/health" or path.startswith("/health/"):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        key = str(client[0]) if client else "?"
+        now = time.time()
+        window = int(now // 60)
+        start, count = self._windows.get(key, (window, 0))
+        if start != window:
+            start, count = window, 0
+            if len(self._windows) > 10_000:  # forget old windows instead of growing forever
+                self._windows = {k: v for k, v in self._windows.items() if v[0] == window}
+        count += 1
+        self._windows[key] = (start, count)
+        reset = (window + 1) * 60
+        headers = [
+            (b"x-ratelimit-limit", str(self.limit).encode()),
+            (b"x-ratelimit-remaining", str(max(self.limit - count, 0)).encode()),
+            (b"x-ratelimit-reset", str(reset).encode()),
+        ]
+        if count > self.limit:
+            retry = str(max(1, math.ceil(reset - now)))
+            response = error_response(429, "Rate limit exceeded", "RATE_LIMITED",
+                                      details={"limit": self.limit, "retryAfter": int(retry)},
+                                      headers={"Retry-After": retry})
+            response.raw_headers.extend(headers)
+            await response(scope, receive, send)
+            return
+
+        async def send_with_headers(message: dict) -> None:  # type: ignore[type-arg]
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,103 @@
+"""Run the app under uvicorn: bind, print the banner, serve, shut down gracefully."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+
+import uvicorn
+
+from . import __version__
+from .app import create_app
+from .runtime import Runtime
+from .settings import Settings
+
+log = logging.getLogger("loki_api")
+
+
+class LokiServer(uvicorn.Server):
+    """uvicorn's server, but open SSE streams are ended first on shutdown.
+
+    uvicorn waits for in-flight responses before it shuts down, and an event
+    stream never finishes by itself. Closing every subscriber lets each stream
+    end cleanly (clients reconnect with `Last-Event-ID`) so SIGINT/SIGTERM
+    return promptly.
+    """
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.runtime.bus.close_streams()
+        await super().shutdown(sockets)
+
+
+def bind_socket(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def banner(settings: Settings, runtime: Runtime, port: int) -> str:
+    auth = ("off (--no-auth)" if not settings.auth
+            else "token for remote clients" if settings.token
+            else "loopback only (no token set)")
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    lines = [
+        f"Loki API {__version__}",
+        f"  url        {settings.scheme}://{host}:{port}",
+        f"  state dir  {settings.state_dir}",
+        f"  cli        {runtime.cli_description() or 'none found'}",
+        f"  auth       {auth}",
+    ]
+    problem = runtime.cli_problem()
+    if problem:
+        lines.append(f"  note       {problem}")
+    return "\n".join(lines)
+
+
+def run(settings: Settings) -> int:
+    """Serve until SIGINT/SIGTERM. Returns the process exit code."""
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings.events_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"loki serve: error: cannot create state dir {settings.state_dir}: {exc}",
+              file=sys.stderr)
+        return 2
+    try:
+        sock = bind_socket(settings)
+    except OSError as exc:
+        print(f"loki serve: error: cannot listen on {settings.host}:{settings.port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    runtime = Runtime(settings)
+    app = create_app(settings, runtime)
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+    port = sock.getsockname()[1]
+    print(banner(settings, runtime, port), flush=True)
+    server = LokiServer(config, runtime)
+    try:
+        server.run(sockets=[sock])
+    except OSError as exc:
+        print(f"loki serve: error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if server.started else 1

@@ -1,0 +1,103 @@
+"""Server settings: one frozen object built from flags, then environment, then defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_PORT = 8420
+
+
+class SettingsError(ValueError):
+    """A flag or environment variable has a value the server cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = DEFAULT_PORT
+    host: str = "127.0.0.1"
+    loki_dir: Path = field(default_factory=Path.cwd)
+    cli: str | None = None
+    simulate: bool = False
+    max_sessions: int = 1
+    token: str | None = None
+    auth: bool = True
+    cors: bool = True
+    cors_origins: tuple[str, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    history: int = 1000
+    stop_grace: float = 10.0
+    stop_sessions_on_exit: bool = False
+    rate_limit: int = 0
+    log_level: str = "info"
+    # Seconds between keep-alive comments on every SSE stream.
+    keepalive: float = 15.0
+    # Seconds between heartbeat events for each running session.
+    heartbeat: float = 10.0
+    # Frames a stream may have waiting before it is cut off as too slow.
+    max_pending: int = 10_000
+    event_log_bytes: int = 16 * 1024 * 1024
+
+    @property
+    def state_dir(self) -> Path:
+        return self.loki_dir / ".loki"
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.state_dir / "sessions"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.state_dir / "events"
+
+    @property
+    def is_loopback_bind(self) -> bool:
+        return is_loopback_host(self.host)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def is_loopback_host(host: str) -> bool:
+    import ipaddress
+
+    name = host.strip("[]").lower()
+    if name in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def env_int(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
+
+
+def env_float(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+
+
+def environ() -> Mapping[str, str]:
+    return os.environ

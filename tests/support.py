@@ -1,0 +1,176 @@
+"""Test helpers: a real server process on a free port, and a minimal SSE reader.
+
+The SSE reader here is deliberately independent of the SDK's decoder, so server
+tests do not trust the code they are meant to check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+URL_LINE = re.compile(r"url\s+(https?://\S+)")
+
+
+class ServerProcess:
+    """`python -m loki_api serve --port 0 ...` as a child process.
+
+    Waits until the banner names the URL and `/health/live` answers.
+    """
+
+    def __init__(self, loki_dir: Path, *args: str, env: dict[str, str] | None = None,
+                 startup_timeout: float = 20.0) -> None:
+        self.loki_dir = loki_dir
+        self.args = args
+        self.env = {**os.environ, "LOKI_SIM_DELAY": "0.02", **(env or {})}
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.log_path = loki_dir.parent / f"server-{id(self)}.log"
+
+    def start(self) -> ServerProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "loki_api", "serve", "--port", "0",
+             "--loki-dir", str(self.loki_dir), *self.args],
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+        )
+        deadline = time.monotonic() + self.startup_timeout
+        while not self.url:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server did not print its URL:\n{self.output()}")
+            match = URL_LINE.search(self.output())
+            if match:
+                self.url = match.group(1)
+            else:
+                time.sleep(0.02)
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health/live", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server did not become live:\n{self.output()}")
+            time.sleep(0.02)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Signal the server and wait for it; returns its exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"server ignored signal {sig}:\n{self.output()}") from None
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+
+
+@dataclass
+class SSEMessage:
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+    comments: list[str] = field(default_factory=list)
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+class SSEReader:
+    """Reads an SSE response into messages; comments are kept in `comments`."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.comments: list[str] = []
+        self.retry: int | None = None
+        self._lines = response.aiter_lines()
+
+    async def next(self, timeout: float = 10.0) -> SSEMessage:
+        """The next message with data (comments are collected on the way)."""
+        with anyio.fail_after(timeout):
+            msg = SSEMessage()
+            async for line in self._lines:
+                if line == "":
+                    if msg.data or msg.id is not None:
+                        return msg
+                    continue
+                if line.startswith(":"):
+                    self.comments.append(line[1:].strip())
+                    continue
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "event":
+                    msg.event = value
+                elif name == "data":
+                    msg.data = f"{msg.data}\n{value}" if msg.data else value
+                elif name == "id":
+                    msg.id = value
+                elif name == "retry":
+                    self.retry = int(value)
+            raise EOFError("stream ended")
+
+    async def until(self, predicate: Callable[[SSEMessage], bool],
+                    timeout: float = 10.0) -> list[SSEMessage]:
+        """Read messages until one matches; returns all read, the match last."""
+        seen: list[SSEMessage] = []
+        with anyio.fail_after(timeout):
+            while True:
+                msg = await self.next(timeout)
+                seen.append(msg)
+                if predicate(msg):
+                    return seen
+
+
+@asynccontextmanager
+async def sse_stream(url: str, path: str = "/api/events", *,
+                     headers: dict[str, str] | None = None,
+                     params: dict[str, Any] | None = None) -> AsyncIterator[SSEReader]:
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30.0)) as client:
+        async with client.stream("GET", path, headers=headers, params=params) as response:
+            assert response.status_code == 200, await response.aread()
+            yield SSEReader(response)
+
+
+async def wait_for(condition: Callable[[], Any], timeout: float = 10.0,
+                   interval: float = 0.01) -> Any:
+    """Poll `condition` until it returns something truthy; fail after `timeout`."""
+    with anyio.fail_after(timeout):
+        while True:
+            value = condition()
+            if value:
+                return value
+            await anyio.sleep(interval)
