@@ -116,7 +116,7 @@ class EventBus:
         self.dropped = 0
         self.by_type: Counter[str] = Counter()
         if log is not None:
-            self._refill(log)
+            self.attach_log(log)
 
     # ------------------------------------------------------------------ state
 
@@ -132,9 +132,11 @@ class EventBus:
     def subscriber_count(self) -> int:
         return sum(len(group) for group in self._groups.values())
 
-    def _refill(self, log: EventLog) -> None:
+    def attach_log(self, log: EventLog) -> None:
+        """Persist to `log` from now on, refilling history and the sequence from its tail."""
+        self._log = log
         tail, last_seq = log.load_tail(self._history_limit)
-        self._seq = last_seq
+        self._seq = max(self._seq, last_seq)
         for seq, json in tail:
             raw = decode_raw_event(json)
             self._history.append(StoredEvent(seq, raw.id, raw.type, raw.session_id, json))

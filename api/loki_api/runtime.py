@@ -47,8 +47,7 @@ class Runtime:
             event_log = EventLog(settings.events_dir, max_bytes=settings.event_log_bytes)
         except OSError as exc:
             raise RuntimeError(f"cannot use state dir {settings.state_dir}: {exc}") from exc
-        self.bus = EventBus(history=settings.history, log=event_log,
-                            max_pending=settings.max_pending)
+        self.bus.attach_log(event_log)
         self.bus.bind_loop()
         self.started_at = time.monotonic()
         try:
