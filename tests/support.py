@@ -174,3 +174,46 @@ async def wait_for(condition: Callable[[], Any], timeout: float = 10.0,
             if value:
                 return value
             await anyio.sleep(interval)
+
+
+@dataclass
+class InProcessServer:
+    url: str
+    runtime: Any  # loki_api.runtime.Runtime
+    server: Any  # loki_api.serve.LokiServer
+
+
+@asynccontextmanager
+async def serve_in_process(settings: Any) -> AsyncIterator[InProcessServer]:
+    """Run the real app under uvicorn on a free port inside the test's event loop.
+
+    The test can reach `runtime.bus` directly (to publish events) while talking
+    to the server over real HTTP.
+    """
+    import socket
+
+    import uvicorn
+
+    from loki_api.app import create_app
+    from loki_api.runtime import Runtime
+    from loki_api.serve import LokiServer
+
+    runtime = Runtime(settings)
+    app = create_app(settings, runtime)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", settings.port))
+    config = uvicorn.Config(app, log_level="warning", lifespan="on",
+                            timeout_graceful_shutdown=5)
+    server = LokiServer(config, runtime)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        with anyio.fail_after(10):
+            while not server.started:
+                await anyio.sleep(0.005)
+        try:
+            yield InProcessServer(url, runtime, server)
+        finally:
+            server.should_exit = True
+    sock.close()

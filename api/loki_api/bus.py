@@ -103,7 +103,7 @@ class EventBus:
         log: EventLog | None = None,
         max_pending: int = 10_000,
     ) -> None:
-        self._history: deque[StoredEvent] = deque(maxlen=max(history, 0) or None)
+        self._history: deque[StoredEvent] = deque(maxlen=max(history, 0))
         self._history_limit = history
         self._log = log
         self.max_pending = max_pending
@@ -152,8 +152,7 @@ class EventBus:
         event = Event(id=event_id, type=type, timestamp=iso_timestamp(now),
                       session_id=session_id, data=data)
         stored = StoredEvent(seq, event_id, type, session_id, encode(event))
-        if self._history.maxlen != 0:
-            self._history.append(stored)
+        self._history.append(stored)
         self.published += 1
         self.by_type[type] += 1
         if self._log is not None:

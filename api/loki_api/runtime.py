@@ -95,6 +95,7 @@ class Runtime:
         """None when the state dir can be written, else why not."""
         probe = self.settings.state_dir / ".probe"
         try:
+            self.settings.state_dir.mkdir(parents=True, exist_ok=True)
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:

@@ -1,0 +1,118 @@
+import msgspec
+import pytest
+
+from loki_api.bus import PING_FRAME, EventBus
+from loki_api.eventlog import seq_of
+from loki_api.filters import EventFilter
+from loki_api.models import LogEventData, TaskEventData
+
+
+def log(n: int) -> LogEventData:
+    return LogEventData(level="info", message=str(n))
+
+
+def test_ids_strictly_increase_and_follow_the_format() -> None:
+    bus = EventBus()
+    ids = [bus.publish("log:info", log(n)).id for n in range(50)]
+    seqs = [seq_of(i) for i in ids]
+    assert seqs == list(range(1, 51))
+    assert all(i.startswith("evt_") and len(i.split("_")) == 3 for i in ids)
+
+
+def test_envelope_is_encoded_once_into_json_and_frame() -> None:
+    bus = EventBus()
+    event = bus.publish("task:completed", TaskEventData(task_id="t1", title="T", status="completed"),
+                        "s1")
+    stored = bus.history()[-1]
+    envelope = msgspec.json.decode(stored.json)
+    assert envelope == {
+        "id": event.id, "type": "task:completed", "timestamp": event.timestamp,
+        "sessionId": "s1", "data": {"taskId": "t1", "title": "T", "status": "completed"},
+    }
+    assert event.timestamp.endswith("Z")
+    assert stored.frame == (b"id: " + event.id.encode() + b"\nevent: task:completed\ndata: "
+                            + stored.json + b"\n\n")
+
+
+def test_ring_buffer_keeps_the_last_n() -> None:
+    bus = EventBus(history=3)
+    for n in range(10):
+        bus.publish("log:info", log(n))
+    assert [e.seq for e in bus.history()] == [8, 9, 10]
+    assert bus.published == 10 and bus.by_type["log:info"] == 10
+
+
+def test_history_filters_limit_and_after() -> None:
+    bus = EventBus()
+    for n in range(10):
+        bus.publish("log:info" if n % 2 else "log:error", log(n), f"s{n % 3}")
+    errors = bus.history(EventFilter.parse(None, None, "error"))
+    assert [e.type for e in errors] == ["log:error"] * 5
+    assert [e.seq for e in bus.history(limit=2)] == [9, 10]
+    after = bus.history(after_id=bus.history()[6].frame.split(b"\n")[0][4:].decode())
+    assert [e.seq for e in after] == [8, 9, 10]
+    with pytest.raises(ValueError):
+        bus.history(after_id="bogus")
+
+
+def test_subscribe_replays_then_receives_live_without_gap_or_duplicate() -> None:
+    bus = EventBus()
+    first = [bus.publish("log:info", log(n)).id for n in range(5)]
+    sub, replay = bus.subscribe(after_id=first[1])
+    assert [e.seq for e in replay] == [3, 4, 5]
+    bus.publish("log:info", log(5))
+    assert len(sub.take()) == 1
+
+
+def test_fan_out_shares_one_frame_and_respects_filters() -> None:
+    bus = EventBus()
+    a, _ = bus.subscribe(EventFilter.parse("s1", None, None))
+    b, _ = bus.subscribe(EventFilter.parse("s1", None, None))
+    c, _ = bus.subscribe(EventFilter.parse(None, "task:created", None))
+    assert bus.subscriber_count == 3
+    bus.publish("log:info", log(1), "s1")
+    bus.publish("log:info", log(2), "s2")
+    fa, fb, fc = a.take(), b.take(), c.take()
+    assert len(fa) == 1 and fa[0] is fb[0]
+    assert fc == []
+    bus.unsubscribe(a)
+    bus.unsubscribe(b)
+    bus.unsubscribe(c)
+    assert bus.subscriber_count == 0
+
+
+def test_a_subscriber_past_its_bound_is_cut_off_without_affecting_others() -> None:
+    bus = EventBus(max_pending=5)
+    slow, _ = bus.subscribe()
+    fast, _ = bus.subscribe()
+    for n in range(20):
+        bus.publish("log:info", log(n))
+        fast.take()  # the fast reader keeps up
+    assert slow.overflowed and slow.closed
+    assert len(slow.pending) == 5  # bounded: nothing queued past the limit
+    assert not fast.closed and bus.subscriber_count == 1
+    assert bus.dropped == 1
+
+
+def test_ping_reaches_every_subscriber() -> None:
+    bus = EventBus()
+    subs = [bus.subscribe()[0] for _ in range(3)]
+    bus.ping_all()
+    assert all(s.take() == [PING_FRAME] for s in subs)
+
+
+@pytest.mark.anyio
+async def test_wait_returns_when_an_event_arrives_or_on_close() -> None:
+    import anyio
+
+    bus = EventBus()
+    sub, _ = bus.subscribe()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sub.wait)
+        await anyio.sleep(0)
+        bus.publish("log:info", log(1))
+    assert len(sub.take()) == 1
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sub.wait)
+        await anyio.sleep(0)
+        sub.close()

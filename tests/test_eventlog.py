@@ -1,0 +1,68 @@
+from pathlib import Path
+
+from loki_api.bus import EventBus
+from loki_api.eventlog import CURRENT, PREVIOUS, EventLog, seq_of
+from loki_api.models import LogEventData
+
+
+def log_event(n: int) -> LogEventData:
+    return LogEventData(level="info", message=f"line {n}")
+
+
+def test_seq_of() -> None:
+    assert seq_of("evt_42_1732341234567") == 42
+    assert seq_of("evt_x_1") is None
+    assert seq_of("nope") is None
+    assert seq_of("evt_1_2_3") is None
+
+
+def test_history_and_sequence_survive_a_restart(tmp_path: Path) -> None:
+    bus = EventBus(history=5, log=EventLog(tmp_path))
+    ids = [bus.publish("log:info", log_event(n), "s1").id for n in range(8)]
+    bus.close()
+
+    again = EventBus(history=5, log=EventLog(tmp_path))
+    assert [e.seq for e in again.history()] == [4, 5, 6, 7, 8]
+    assert again.history()[-1].json.startswith(b'{"id":"' + ids[-1].encode())
+    nxt = again.publish("log:info", log_event(9), "s1")
+    assert seq_of(nxt.id) == 9
+    again.close()
+
+
+def test_a_line_cut_short_by_a_crash_is_skipped(tmp_path: Path) -> None:
+    bus = EventBus(history=10, log=EventLog(tmp_path))
+    for n in range(3):
+        bus.publish("log:info", log_event(n))
+    bus.close()
+    with open(tmp_path / CURRENT, "ab") as f:
+        f.write(b'{"id":"evt_4_1","type":"log:in')  # SIGKILL mid-write
+    again = EventBus(history=10, log=EventLog(tmp_path))
+    assert [e.seq for e in again.history()] == [1, 2, 3]
+    assert seq_of(again.publish("log:info", log_event(9)).id) == 4
+    again.close()
+
+
+def test_rotation_bounds_the_log_and_keeps_the_sequence(tmp_path: Path) -> None:
+    bus = EventBus(history=1000, log=EventLog(tmp_path, max_bytes=2000))
+    for n in range(100):
+        bus.publish("log:info", log_event(n))
+        bus.flush()
+    bus.close()
+    assert (tmp_path / PREVIOUS).exists()
+    total = sum(p.stat().st_size for p in tmp_path.iterdir())
+    assert total < 2 * 2000 + 500
+    again = EventBus(history=1000, log=EventLog(tmp_path, max_bytes=2000))
+    seqs = [e.seq for e in again.history()]
+    assert seqs == sorted(seqs) and seqs[-1] == 100
+    assert seq_of(again.publish("log:info", log_event(0)).id) == 101
+    again.close()
+
+
+def test_zero_history_still_counts_and_persists(tmp_path: Path) -> None:
+    bus = EventBus(history=0, log=EventLog(tmp_path))
+    bus.publish("log:info", log_event(1))
+    assert bus.history_size == 0 and bus.published == 1
+    bus.close()
+    again = EventBus(history=0, log=EventLog(tmp_path))
+    assert again.last_seq == 1
+    again.close()
