@@ -21,8 +21,8 @@ def test_ids_strictly_increase_and_follow_the_format() -> None:
 
 def test_envelope_is_encoded_once_into_json_and_frame() -> None:
     bus = EventBus()
-    event = bus.publish("task:completed", TaskEventData(task_id="t1", title="T", status="completed"),
-                        "s1")
+    data = TaskEventData(task_id="t1", title="T", status="completed")
+    event = bus.publish("task:completed", data, "s1")
     stored = bus.history()[-1]
     envelope = msgspec.json.decode(stored.json)
     assert envelope == {
