@@ -32,6 +32,9 @@ class LokiServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.runtime.bus.close_streams()
         await super().shutdown(sockets)
+        # uvicorn re-raises the stop signal after shutting down, so the process would
+        # die "killed by SIGTERM"; a graceful stop is a normal exit, code 0.
+        self._captured_signals.clear()
 
 
 def bind_socket(settings: Settings) -> socket.socket:
