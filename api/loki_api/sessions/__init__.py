@@ -1,0 +1,1 @@
+"""Sessions: resolving the CLI, supervising one child process per session, its output."""

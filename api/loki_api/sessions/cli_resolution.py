@@ -1,0 +1,114 @@
+"""Which command runs a session (SPEC §5.1).
+
+Order: `--simulate` → the bundled simulator; `--cli` / `LOKI_CLI` (split like a
+shell would, never run by one); a `loki` on PATH that is not this package's
+own `loki` console script; `<loki-dir>/autonomy/run.sh`. When none is found
+the server still runs and `CliCommand.problem` says why.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..settings import Settings
+
+NOT_FOUND_MESSAGE = (
+    "No Loki CLI found: install `loki` on PATH, set LOKI_CLI (or --cli) to the command "
+    "that runs a session, or start the server with --simulate to use the bundled simulator"
+)
+
+
+@dataclass(frozen=True)
+class CliCommand:
+    """The argv prefix sessions run with (empty when there is none) and where it came from."""
+
+    argv: tuple[str, ...]
+    source: str  # "simulator", "--cli", "LOKI_CLI", "PATH", "run.sh" or "none"
+    problem: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return bool(self.argv)
+
+    def describe(self) -> str | None:
+        if not self.argv:
+            return None
+        if self.source == "simulator":
+            return "bundled simulator (python -m loki_api.simulator)"
+        return f"{shlex.join(self.argv)} (from {self.source})"
+
+    def session_argv(self, provider: str | None = None, prd_path: str | None = None,
+                     dry_run: bool = False, verbose: bool = False) -> list[str]:
+        """`CMD start [--provider P] [--dry-run] [--verbose] [PRD]`, as argv items."""
+        argv = [*self.argv, "start"]
+        if provider:
+            argv += ["--provider", provider]
+        if dry_run:
+            argv.append("--dry-run")
+        if verbose:
+            argv.append("--verbose")
+        if prd_path:
+            argv.append(prd_path)
+        return argv
+
+
+def resolve_cli(settings: Settings, env: dict[str, str] | None = None,
+                path: str | None = None) -> CliCommand:
+    """Resolve the session command once, at start-up."""
+    env = dict(os.environ) if env is None else env
+    if settings.simulate:
+        return CliCommand((sys.executable, "-m", "loki_api.simulator"), "simulator")
+    explicit = settings.cli
+    source = "--cli"
+    if not explicit and env.get("LOKI_CLI"):
+        explicit, source = env["LOKI_CLI"], "LOKI_CLI"
+    if explicit:
+        try:
+            argv = shlex.split(explicit)
+        except ValueError as exc:
+            return CliCommand((), "none", f"{source} is not a valid command line: {exc}")
+        if not argv:
+            return CliCommand((), "none", f"{source} is empty")
+        return CliCommand(tuple(argv), source)
+    on_path = find_foreign_loki(env.get("PATH", "") if path is None else path)
+    if on_path is not None:
+        return CliCommand((on_path,), "PATH")
+    run_sh = settings.loki_dir / "autonomy" / "run.sh"
+    if run_sh.is_file() and os.access(run_sh, os.X_OK):
+        return CliCommand((str(run_sh),), "run.sh")
+    return CliCommand((), "none", NOT_FOUND_MESSAGE)
+
+
+def find_foreign_loki(search_path: str) -> str | None:
+    """The first `loki` on `search_path` that is not this package's own entry point."""
+    for directory in search_path.split(os.pathsep):
+        if not directory:
+            continue
+        candidate = shutil.which("loki", path=directory)
+        if candidate is not None and not is_own_entry_point(Path(candidate)):
+            return candidate
+    return None
+
+
+def is_own_entry_point(path: Path, own_dirs: Sequence[Path] | None = None) -> bool:
+    """True for the `loki` console script this package installs (it would start a server)."""
+    try:
+        resolved = path.resolve()
+    except OSError:
+        return False
+    dirs = own_dirs if own_dirs is not None else (Path(sys.prefix) / "bin",
+                                                  Path(sys.executable).parent)
+    if any(resolved.parent == d.resolve() for d in dirs):
+        return True
+    try:
+        with open(resolved, "rb") as file:
+            head = file.read(4096)
+    except OSError:
+        return False
+    return b"loki_api.cli" in head or b"loki_api" in head.split(b"\n", 1)[0]
