@@ -159,13 +159,17 @@ class EventBus:
             self._log.append(stored.json)
             self._schedule_flush()
         frame = stored.frame
-        for event_filter, group in list(self._groups.items()):
+        limit = self.max_pending
+        too_slow: list[Subscriber] = []
+        for event_filter, group in self._groups.items():
             if event_filter is MATCH_ALL or event_filter.matches(type, session_id):
-                for subscriber in list(group):
-                    if len(subscriber.pending) >= self.max_pending:
-                        self._cut_off(subscriber)
+                for subscriber in group:
+                    if len(subscriber.pending) >= limit:
+                        too_slow.append(subscriber)  # cut off after the loop: no mutation here
                     else:
                         subscriber.push(frame)
+        for subscriber in too_slow:
+            self._cut_off(subscriber)
         return event
 
     def publish_threadsafe(self, type: str, data: Any, session_id: str | None = None) -> None:
