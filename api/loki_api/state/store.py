@@ -1,0 +1,421 @@
+"""The state store: every session's merged, in-memory view, and the one place
+state changes become events.
+
+Two writers feed it. The server itself (`create`, `update_record`: the session
+supervisor) and the files under `.loki/sessions/<id>/` (`apply_file`: the
+watcher, whatever program wrote them). Both go through the same transition
+rules (`diff.py`) and the same bookkeeping of what was announced last, so a
+change is published exactly once whoever reports it first. REST handlers only
+read memory (`get`, `all`); nothing here re-reads a file per request.
+
+Must be used from the event loop's thread (it publishes on the bus).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..bus import EventBus, iso_timestamp
+from ..encoding import encode
+from ..models import Agent, Session, Task
+from ..settings import Settings
+from . import diff
+from .diff import AgentLedger, Change
+from .documents import (
+    AGENTS_FILE,
+    PHASE_FILE,
+    SESSION_FILE,
+    SESSION_FILES,
+    STATE_FILE,
+    TASKS_FILE,
+    decode_agents,
+    decode_current_session,
+    decode_phase,
+    decode_session,
+    decode_session_fields,
+    decode_tasks,
+)
+
+log = logging.getLogger(__name__)
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+# Fields of session.json the child process owns; for a managed session the
+# server owns every other field (a child may rewrite the file with a stale status).
+CHILD_FIELDS = ("current_phase", "task_count", "completed_tasks")
+
+
+def valid_session_id(session_id: str) -> bool:
+    """True when `session_id` may be joined into a path (SPEC §3)."""
+    return bool(SESSION_ID.match(session_id))
+
+
+def _read(path: Path) -> bytes | None:
+    """The file's bytes, or None when it does not exist. Other OSErrors propagate."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _mtime_iso(path: Path) -> str | None:
+    try:
+        return iso_timestamp(path.stat().st_mtime)
+    except OSError:
+        return None
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, then rename it over `path`.
+
+    Readers see the old file or the new one, never half of one.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class SessionState:
+    """One session's merged, in-memory view (what REST reads)."""
+
+    __slots__ = ("id", "dir", "record", "tasks", "managed", "ledger", "phase",
+                 "last_event", "seen")
+
+    def __init__(self, session_id: str, directory: Path, record: Session, *,
+                 managed: bool = False) -> None:
+        self.id = session_id
+        self.dir = directory
+        self.record = record
+        self.tasks: list[Task] = []
+        self.managed = managed
+        self.ledger = AgentLedger()
+        # The phase announced last (from session.json or phase.json).
+        self.phase: str | None = None
+        # The session event announced last (never the same one twice in a row).
+        self.last_event: str | None = None
+        # Raw bytes of each file as last applied (or written by us): a rewrite
+        # with identical bytes is recognised without decoding.
+        self.seen: dict[str, bytes] = {}
+
+    @property
+    def agents(self) -> list[Agent]:
+        """The agents currently active."""
+        return list(self.ledger.active)
+
+    @property
+    def agents_spawned(self) -> int:
+        return len(self.ledger.announced)
+
+    @property
+    def agents_completed(self) -> int:
+        return len(self.ledger.finished)
+
+    def __repr__(self) -> str:
+        return f"SessionState({self.id!r}, status={self.record.status!r}, managed={self.managed})"
+
+
+class StateStore:
+    """Sessions by id, fed by the server's own changes and by the state files."""
+
+    def __init__(self, settings: Settings, bus: EventBus) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.sessions_dir = settings.sessions_dir
+        self._sessions: dict[str, SessionState] = {}
+        self._sorted: list[SessionState] | None = None
+        self.current_session: str | None = None
+        self._clock: Callable[[], float] = time.time
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, session_id: str) -> SessionState | None:
+        return self._sessions.get(session_id)
+
+    def all(self) -> list[SessionState]:
+        """Every session, newest first (by `startedAt`, then id)."""
+        if self._sorted is None:
+            self._sorted = sorted(
+                self._sessions.values(),
+                key=lambda s: (s.record.started_at or "", s.id), reverse=True,
+            )
+        return self._sorted
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    # ------------------------------------------------------------------ start-up
+
+    def load(self) -> None:
+        """Read every session directory and `state.json`, silently.
+
+        What is already on disk was announced before (the event history holds
+        it), so loading publishes nothing.
+        """
+        self.sessions_dir.mkdir(parents=True, exist_ok=True)
+        self._read_current_session()
+        for directory in sorted(self.sessions_dir.iterdir()):
+            if directory.is_dir() and valid_session_id(directory.name):
+                self._refresh(directory.name, publish=False)
+        log.info("state store loaded %d session(s) from %s", len(self._sessions),
+                 self.sessions_dir)
+
+    def rescan(self) -> None:
+        """Re-read every session directory and publish what changed (after a watcher restart)."""
+        self._read_current_session()
+        on_disk: set[str] = set()
+        try:
+            entries = list(self.sessions_dir.iterdir())
+        except OSError as exc:
+            log.warning("cannot list %s: %s", self.sessions_dir, exc)
+            return
+        for directory in entries:
+            if valid_session_id(directory.name) and directory.is_dir():
+                on_disk.add(directory.name)
+                self._refresh(directory.name, publish=True)
+        for session_id in list(self._sessions):
+            if session_id not in on_disk:
+                self.apply_file(self.sessions_dir / session_id / SESSION_FILE)
+
+    # ------------------------------------------------------------ server writes
+
+    def create(self, record: Session) -> SessionState:
+        """A session this server starts: write `session.json`, announce `session:started`.
+
+        Raises ValueError for an invalid or existing id, OSError when the file
+        cannot be written.
+        """
+        if not valid_session_id(record.id):
+            raise ValueError(f"invalid session id: {record.id!r}")
+        if record.id in self._sessions:
+            raise ValueError(f"session {record.id} already exists")
+        now = iso_timestamp(self._clock())
+        record = msgspec.structs.replace(
+            record, started_at=record.started_at or now, updated_at=record.updated_at or now)
+        directory = self.sessions_dir / record.id
+        directory.mkdir(parents=True, exist_ok=True)
+        state = SessionState(record.id, directory, record, managed=True)
+        state.phase = record.current_phase
+        self._write_record(state)
+        self._sessions[record.id] = state
+        self._sorted = None
+        self._publish(state, diff.session_changes(None, record, None))
+        return state
+
+    def adopt(self, session_id: str) -> SessionState | None:
+        """Mark an on-disk session as supervised by this server (after a restart)."""
+        state = self._sessions.get(session_id)
+        if state is not None:
+            state.managed = True
+        return state
+
+    def update_record(self, session_id: str, **changes: Any) -> Session:
+        """Merge server-side changes (snake_case `Session` fields) into the record.
+
+        Sets `updatedAt`, writes `session.json` atomically and publishes the
+        transition event(s) once. Raises KeyError for an unknown session. A
+        failed write is logged; the in-memory record is updated regardless.
+        """
+        state = self._sessions[session_id]
+        old = state.record
+        new = msgspec.structs.replace(old, **changes, updated_at=iso_timestamp(self._clock()))
+        state.record = new
+        self._sorted = None
+        try:
+            self._write_record(state)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", state.dir / SESSION_FILE, exc)
+        self._publish(state, self._record_changes(state, old, new))
+        return new
+
+    def remove(self, session_id: str) -> None:
+        """Forget a session (its directory is the caller's to delete)."""
+        if self._sessions.pop(session_id, None) is not None:
+            self._sorted = None
+        if self.current_session == session_id:
+            self.current_session = None
+
+    def _write_record(self, state: SessionState) -> None:
+        data = encode(state.record)
+        state.dir.mkdir(parents=True, exist_ok=True)
+        write_atomically(state.dir / SESSION_FILE, data)
+        state.seen[SESSION_FILE] = data
+
+    # ------------------------------------------------------------- file changes
+
+    def apply_file(self, path: Path) -> None:
+        """Re-read one changed, created or removed file (or session directory) and publish.
+
+        Paths the store does not own are ignored; so is a file caught half
+        written (it is read again on its next change).
+        """
+        if path == self.settings.state_dir / STATE_FILE:
+            self._read_current_session()
+            return
+        if path.parent == self.sessions_dir:
+            if valid_session_id(path.name):
+                self._refresh(path.name, publish=True)
+            return
+        if path.parent.parent != self.sessions_dir or path.name not in SESSION_FILES:
+            return
+        session_id = path.parent.name
+        if not valid_session_id(session_id):
+            return
+        try:
+            raw = _read(path)
+        except OSError:
+            return
+        state = self._sessions.get(session_id)
+        if path.name == SESSION_FILE:
+            if raw is None:
+                self._session_file_removed(session_id)
+            elif state is None:
+                # A new session: read its other files too, announcing everything.
+                self._refresh(session_id, publish=True)
+            else:
+                self._apply(state, SESSION_FILE, raw, publish=True)
+        elif state is not None and raw is not None:
+            self._apply(state, path.name, raw, publish=True)
+
+    def _refresh(self, session_id: str, *, publish: bool) -> None:
+        """Read every file of one session directory (a full diff against memory)."""
+        directory = self.sessions_dir / session_id
+        try:
+            raw = _read(directory / SESSION_FILE)
+        except OSError:
+            return
+        if raw is None:
+            if session_id in self._sessions:
+                self._session_file_removed(session_id)
+            return
+        state = self._sessions.get(session_id)
+        if state is None:
+            record = decode_session(raw, session_id)
+            if record is None:
+                return
+            if record.started_at is None:
+                record = msgspec.structs.replace(record, started_at=_mtime_iso(directory))
+            state = SessionState(session_id, directory, record)
+            state.seen[SESSION_FILE] = raw
+            self._sessions[session_id] = state
+            self._sorted = None
+            changes = diff.session_changes(None, record, None)
+            changes += self._phase_to(state, record.current_phase)
+            if publish:
+                self._publish(state, changes)
+            else:
+                state.last_event = diff.initial_session_event(record)
+        else:
+            self._apply(state, SESSION_FILE, raw, publish=publish)
+        for name in SESSION_FILES[1:]:
+            try:
+                data = _read(directory / name)
+            except OSError:
+                continue
+            if data is not None:
+                self._apply(state, name, data, publish=publish)
+
+    def _apply(self, state: SessionState, name: str, raw: bytes, *, publish: bool) -> None:
+        """Decode one file's new bytes, diff against memory, update memory, publish."""
+        if state.seen.get(name) == raw:
+            return  # an unchanged rewrite (or our own write) says nothing new
+        changes: list[Change]
+        if name == SESSION_FILE:
+            fields = decode_session_fields(raw, state.id)
+            if fields is None:
+                return
+            old = state.record
+            new = self._merge(state, fields)
+            state.record = new
+            if new.started_at != old.started_at:
+                self._sorted = None
+            changes = self._record_changes(state, old, new)
+        elif name == PHASE_FILE:
+            phase = decode_phase(raw, state.id)
+            if phase is None:
+                return
+            changes = self._phase_to(state, phase.current, previous=phase.previous,
+                                     progress=phase.progress)
+        elif name == TASKS_FILE:
+            tasks = decode_tasks(raw, state.id)
+            if tasks is None:
+                return
+            changes = diff.task_changes(state.tasks, tasks)
+            state.tasks = tasks
+        elif name == AGENTS_FILE:
+            agents = decode_agents(raw, state.id)
+            if agents is None:
+                return
+            changes, state.ledger = diff.agent_changes(state.ledger, agents)
+        else:
+            return
+        state.seen[name] = raw
+        if publish:
+            self._publish(state, changes)
+
+    def _merge(self, state: SessionState, fields: dict[str, Any]) -> Session:
+        """The record after reading `fields` from session.json.
+
+        A managed session takes only the child's fields from the file; a session
+        someone else runs takes every field the file sets.
+        """
+        if state.managed:
+            fields = {name: fields[name] for name in CHILD_FIELDS if name in fields}
+        return msgspec.structs.replace(state.record, **fields)
+
+    def _record_changes(self, state: SessionState, old: Session, new: Session) -> list[Change]:
+        changes = diff.session_changes(old, new, state.last_event)
+        if new.current_phase != old.current_phase:
+            changes += self._phase_to(state, new.current_phase)
+        return changes
+
+    def _phase_to(self, state: SessionState, phase: str | None, *,
+                  previous: str | None = None, progress: float | None = None) -> list[Change]:
+        """Phase events for a reported phase, and remember it as announced."""
+        changes = diff.phase_changes(state.phase, phase, previous=previous, progress=progress)
+        if changes:
+            state.phase = phase
+            if state.record.current_phase != phase:
+                state.record = msgspec.structs.replace(state.record, current_phase=phase)
+        return changes
+
+    def _session_file_removed(self, session_id: str) -> None:
+        state = self._sessions.get(session_id)
+        if state is None:
+            return
+        if state.managed and state.dir.is_dir():
+            # The server owns this record: it is written again on the next change.
+            state.seen.pop(SESSION_FILE, None)
+            return
+        changes = diff.session_changes(state.record, None, state.last_event)
+        self.remove(session_id)
+        self._publish(state, changes)
+
+    def _read_current_session(self) -> None:
+        try:
+            raw = _read(self.settings.state_dir / STATE_FILE)
+        except OSError:
+            return
+        self.current_session = decode_current_session(raw) if raw is not None else None
+
+    # ---------------------------------------------------------------- publishing
+
+    def _publish(self, state: SessionState, changes: list[Change]) -> None:
+        state.last_event = diff.last_session_event(changes, state.last_event)
+        for event_type, data in changes:
+            self.bus.publish(event_type, data, state.id)
