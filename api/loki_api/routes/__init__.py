@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from . import events, health
+from . import events, health, openapi
 
 
 def build_routes() -> list[BaseRoute]:
-    return [*health.routes, *events.routes]
+    return [*health.routes, *events.routes, *openapi.routes]
