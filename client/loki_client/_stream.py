@@ -1,0 +1,269 @@
+"""The reconnecting event stream behind `LokiClient.events()` / `AsyncLokiClient.events()`.
+
+A stream is one logical subscription that may span many HTTP connections:
+
+- Before the first connection it asks the server for its newest event id (the
+  *anchor*). If a connection drops before any event arrived, the next one
+  resumes from the anchor, so nothing published in between is missed.
+- Every reconnection sends `Last-Event-ID` (the last event yielded, else the
+  anchor); the server replays every matching event after it that it still
+  holds. `history=N` is only asked for on the first connection.
+- Events are yielded at most once: a `seq` (from `evt_<seq>_<ms>` ids) at or
+  below the last one yielded is dropped.
+- Between attempts it waits the server's `retry:` (or `reconnect_delay`, when
+  given), doubling it after each consecutive failed attempt up to
+  `MAX_BACKOFF`. A stream that ends cleanly (server shutdown, or the server
+  closing a too-slow reader) is reconnected the same way.
+- Failures before the first connection was established, and 4xx answers, are
+  raised (there is nothing to resume); `max_retries` bounds the consecutive
+  failed reconnection attempts (None: retry forever).
+- Stopping the iteration (`close()`, leaving `with`, `break` out of a plain
+  `for`, task cancellation) closes the HTTP connection, so the server drops
+  the subscriber at once. For the async stream prefer `async with`, since an
+  async generator abandoned by `break` is only closed when it is collected.
+
+`_Resume` holds that state and the decisions; the two iterator classes only
+move bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
+from types import TracebackType
+from typing import Any
+
+import anyio
+import httpx
+
+from loki_api.models import Event
+
+from ._base import (
+    Call,
+    Params,
+    decode_event_json,
+    error_from_response,
+    latest_event_id,
+    translate_http_error,
+)
+from ._exceptions import LokiApiError, LokiError
+from ._sse import ServerSentEvent, SSEDecoder
+
+__all__ = ["EventStream", "AsyncEventStream"]
+
+EVENTS_PATH = "/api/events"
+DEFAULT_RETRY = 3.0  # seconds, until the server says otherwise (it sends retry: 3000)
+MAX_BACKOFF = 30.0
+# The server sends a keep-alive comment every 15 s: a silent minute means a dead link.
+STREAM_TIMEOUT = httpx.Timeout(10.0, read=60.0)
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+
+
+def seq_of(event_id: str) -> int | None:
+    """The sequence number inside `evt_<seq>_<ms>`, or None for any other id."""
+    parts = event_id.split("_")
+    if len(parts) != 3 or parts[0] != "evt" or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
+class _Resume:
+    """Where a stream is and what its next connection should ask for."""
+
+    def __init__(self, filter_params: Params, history: int,
+                 reconnect_delay: float | None, max_retries: int | None) -> None:
+        self.filter_params = filter_params
+        self.history = history
+        self.reconnect_delay = reconnect_delay
+        self.max_retries = max_retries
+        self.anchor: str | None = None
+        self.last_id: str | None = None
+        self.last_seq: int | None = None
+        self.retry_ms: int | None = None
+        self.connections = 0  # connections established so far
+        self.failures = 0  # consecutive attempts that did not connect
+
+    def request(self) -> tuple[Params, dict[str, str]]:
+        params = dict(self.filter_params)
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        resume_from = self.last_id
+        if resume_from is None and self.connections == 0 and self.history > 0:
+            params["history"] = self.history
+        elif resume_from is None:
+            resume_from = self.anchor
+        if resume_from is not None:
+            headers["Last-Event-ID"] = resume_from
+        return params, headers
+
+    def opened(self) -> None:
+        self.connections += 1
+        self.failures = 0
+
+    def accept(self, sse: ServerSentEvent) -> Event | None:
+        """The event to yield for `sse`, or None for a duplicate."""
+        event = decode_event_json(sse.data)
+        seq = seq_of(event.id)
+        if seq is not None:
+            if self.last_seq is not None and seq <= self.last_seq:
+                return None
+            self.last_seq = seq
+        self.last_id = event.id
+        return event
+
+    def may_retry(self, error: LokiError) -> bool:
+        """Count a failed attempt; False when `error` should be raised instead."""
+        if self.connections == 0:
+            return False
+        if isinstance(error, LokiApiError) and error.status not in RETRYABLE_STATUSES:
+            return False
+        self.failures += 1
+        return self.max_retries is None or self.failures <= self.max_retries
+
+    def delay(self) -> float:
+        """Seconds to wait before the next attempt."""
+        if self.reconnect_delay is not None:
+            base = self.reconnect_delay
+        elif self.retry_ms is not None:
+            base = self.retry_ms / 1000
+        else:
+            base = DEFAULT_RETRY
+        if self.failures <= 1:
+            return base
+        return max(base, min(base * 2 ** (self.failures - 1), MAX_BACKOFF))
+
+
+class _StreamBase:
+    def __init__(self, base_url: str, filter_params: Params, history: int,
+                 reconnect_delay: float | None, max_retries: int | None) -> None:
+        self._url = base_url
+        self._resume = _Resume(filter_params, history, reconnect_delay, max_retries)
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The id of the last event yielded (what a reconnection resumes after)."""
+        return self._resume.last_id
+
+    @property
+    def connections(self) -> int:
+        """How many HTTP connections this stream has opened (1 + reconnections)."""
+        return self._resume.connections
+
+
+class EventStream(_StreamBase):
+    """An iterator of typed `Event`s that reconnects by itself. Also a context manager."""
+
+    def __init__(self, http: httpx.Client, send: Callable[[Call[Any]], Any], base_url: str,
+                 filter_params: Params, history: int, reconnect_delay: float | None,
+                 max_retries: int | None) -> None:
+        super().__init__(base_url, filter_params, history, reconnect_delay, max_retries)
+        self._http = http
+        self._send = send
+        self._events = self._run()
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> Event:
+        return next(self._events)
+
+    def close(self) -> None:
+        """Stop the stream and close its connection."""
+        self._events.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _run(self) -> Generator[Event, None, None]:
+        resume = self._resume
+        resume.anchor = self._send(latest_event_id())
+        while True:
+            params, headers = resume.request()
+            try:
+                with self._http.stream("GET", EVENTS_PATH, params=params, headers=headers,
+                                       timeout=STREAM_TIMEOUT) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        error = error_from_response(response)
+                        if not resume.may_retry(error):
+                            raise error
+                    else:
+                        resume.opened()
+                        decoder = SSEDecoder()
+                        for chunk in response.iter_bytes():
+                            sse_events = decoder.feed(chunk)
+                            if decoder.retry is not None:
+                                resume.retry_ms = decoder.retry
+                            for sse in sse_events:
+                                event = resume.accept(sse)
+                                if event is not None:
+                                    yield event
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                error = translate_http_error(exc, self._url)
+                if not resume.may_retry(error):
+                    raise error from exc
+            time.sleep(resume.delay())
+
+
+class AsyncEventStream(_StreamBase):
+    """An async iterator of typed `Event`s that reconnects by itself. Also an async
+    context manager, which is the way to be sure the connection closes on `break`."""
+
+    def __init__(self, http: httpx.AsyncClient,
+                 send: Callable[[Call[Any]], Coroutine[Any, Any, Any]], base_url: str,
+                 filter_params: Params, history: int, reconnect_delay: float | None,
+                 max_retries: int | None) -> None:
+        super().__init__(base_url, filter_params, history, reconnect_delay, max_retries)
+        self._http = http
+        self._send = send
+        self._events = self._run()
+
+    def __aiter__(self) -> AsyncEventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop the stream and close its connection."""
+        await self._events.aclose()
+
+    async def __aenter__(self) -> AsyncEventStream:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def _run(self) -> AsyncGenerator[Event, None]:
+        resume = self._resume
+        resume.anchor = await self._send(latest_event_id())
+        while True:
+            params, headers = resume.request()
+            try:
+                async with self._http.stream("GET", EVENTS_PATH, params=params,
+                                             headers=headers, timeout=STREAM_TIMEOUT) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        error = error_from_response(response)
+                        if not resume.may_retry(error):
+                            raise error
+                    else:
+                        resume.opened()
+                        decoder = SSEDecoder()
+                        async for chunk in response.aiter_bytes():
+                            sse_events = decoder.feed(chunk)
+                            if decoder.retry is not None:
+                                resume.retry_ms = decoder.retry
+                            for sse in sse_events:
+                                event = resume.accept(sse)
+                                if event is not None:
+                                    yield event
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                error = translate_http_error(exc, self._url)
+                if not resume.may_retry(error):
+                    raise error from exc
+            await anyio.sleep(resume.delay())
