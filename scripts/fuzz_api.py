@@ -1,0 +1,155 @@
+"""Fuzz a live server from its own OpenAPI document with schemathesis.
+
+    python scripts/fuzz_api.py                    # start a server, fuzz it, stop it
+    python scripts/fuzz_api.py --max-examples 50  # more cases per operation
+    python scripts/fuzz_api.py --url http://127.0.0.1:8420   # fuzz a running server
+
+Starts `python -m loki_api serve --simulate --port 0` on 127.0.0.1 with a
+throw-away `--loki-dir`, loads `/openapi.json` from it, and runs schemathesis'
+examples, coverage and fuzzing phases against every operation except the
+endless `/api/events` stream. A case fails on a 5xx, a status code the
+document does not list, a wrong content type, or a body that breaks its
+schema. Exit code: schemathesis' (0 when nothing failed), or 2 when the
+server did not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+CHECKS = ",".join([
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "response_headers_conformance",
+])
+URL_LINE = re.compile(r"url\s+(https?://\S+)")
+PRD = "# Fuzzing PRD\n\n## Build\n\n- write the code\n- test the code\n"
+
+
+class Server:
+    """A `loki serve --simulate` child on a free loopback port."""
+
+    def __init__(self, loki_dir: Path, log_path: Path) -> None:
+        self.loki_dir = loki_dir
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 30.0) -> str:
+        env = {**os.environ, "LOKI_SIM_DELAY": "0.01"}
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "loki_api", "serve", "--simulate", "--host", "127.0.0.1",
+                 "--port", "0", "--loki-dir", str(self.loki_dir), "--stop-grace", "2",
+                 "--stop-sessions-on-exit"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            match = URL_LINE.search(self.output())
+            if match and self._live(match.group(1)):
+                self.url = match.group(1)
+                return self.url
+            time.sleep(0.05)
+        raise TimeoutError(f"server did not come up in {timeout:.0f}s:\n{self.output()}")
+
+    @staticmethod
+    def _live(url: str) -> bool:
+        try:
+            return httpx.get(f"{url}/health/live", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, then SIGKILL to the group if it does not exit in time."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def schemathesis_command(url: str, args: argparse.Namespace, extra: list[str]) -> list[str]:
+    return [
+        sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json",
+        "--url", url,
+        "--checks", CHECKS,
+        "--phases", "examples,coverage,fuzzing",
+        "--max-examples", str(args.max_examples),
+        "--exclude-path", "/api/events",
+        "--workers", str(args.workers),
+        "--request-timeout", "10",
+        "--generation-database", "none",
+        "--no-color",
+        *(["--seed", str(args.seed)] if args.seed is not None else []),
+        *extra,
+    ]
+
+
+def server_problems(log: str) -> list[str]:
+    """Lines of the server log that point at a bug whatever the status code was."""
+    return [line for line in log.splitlines()
+            if "Traceback" in line or "unhandled error" in line]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="Other arguments are passed to `schemathesis run`.")
+    parser.add_argument("--url", help="fuzz this running server instead of starting one")
+    parser.add_argument("--max-examples", type=int, default=25,
+                        help="cases per operation in the fuzzing phase (25)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int)
+    args, extra = parser.parse_known_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="loki-fuzz-") as tmp:
+        work = Path(tmp)
+        server: Server | None = None
+        url = args.url
+        if url is None:
+            loki_dir = work / "project"
+            loki_dir.mkdir()
+            (loki_dir / "prd.md").write_text(PRD)
+            server = Server(loki_dir, work / "server.log")
+            try:
+                url = server.start()
+            except (RuntimeError, TimeoutError) as exc:
+                server.stop()
+                print(f"fuzz: {exc}", file=sys.stderr)
+                return 2
+            print(f"fuzz: server at {url}, loki dir {loki_dir}", flush=True)
+        try:
+            code = subprocess.call(schemathesis_command(url, args, extra), cwd=work)
+        finally:
+            if server is not None:
+                server.stop()
+        if server is not None:
+            problems = server_problems(server.output())
+            if problems:
+                print("fuzz: the server logged errors:\n" + server.output(), file=sys.stderr)
+                code = code or 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
