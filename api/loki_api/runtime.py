@@ -21,6 +21,9 @@ from .eventlog import EventLog
 from .models import ReadyCheck, SessionCounts
 from .providers import ProviderCache
 from .settings import Settings
+from .state import StateStore
+from .state.heartbeat import run_heartbeat
+from .watcher import StateWatcher
 
 # A readiness check answers None when healthy, else a one-line reason.
 Check = Callable[[], str | None]
@@ -35,6 +38,9 @@ class Runtime:
         self.providers = ProviderCache()
         self.bus = EventBus(history=settings.history, max_pending=settings.max_pending)
         self.checks: dict[str, Check] = {"stateDir": self.state_dir_writable}
+        self.store = StateStore(settings, self.bus)
+        self.watcher = StateWatcher(settings, self.store, self.bus)
+        self.add_check("watcher", self.watcher.problem)
 
     @property
     def uptime(self) -> float:
@@ -49,10 +55,16 @@ class Runtime:
             raise RuntimeError(f"cannot use state dir {settings.state_dir}: {exc}") from exc
         self.bus.attach_log(event_log)
         self.bus.bind_loop()
+        try:
+            self.store.load()
+        except OSError as exc:
+            raise RuntimeError(f"cannot read sessions in {settings.sessions_dir}: {exc}") from exc
         self.started_at = time.monotonic()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._keepalive)
+                await tg.start(self.watcher.run)
+                tg.start_soon(run_heartbeat, self.store, self.bus, settings.heartbeat)
                 yield
                 tg.cancel_scope.cancel()
         finally:
