@@ -1,0 +1,351 @@
+"""`SessionManager`: starts, supervises, controls and re-adopts session processes.
+
+Each supervised session is one task in the manager's task group. The task
+tails the child's output files (publishing each line's event straight onto the
+bus, no queue in between) and notices the child's exit, which it turns into
+the final status (SPEC §5.3). Status changes go through the `StateStore`,
+which writes `session.json` and publishes the session events exactly once.
+
+A server restart does not end sessions: children live in their own process
+group, and `supervisor.json` in the session directory remembers that this
+server started them. At start-up the manager re-adopts every such session
+whose process still runs (it keeps tailing its output and can stop it) and
+marks the others `failed` (or `stopped` when a stop was under way).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ..bus import EventBus
+from ..errors import ApiError, Conflict, NotFound, ServiceUnavailable
+from ..models import LogEventData, Session, SessionCounts
+from ..settings import Settings
+from ..state import SessionState, StateStore, valid_session_id
+from . import control
+from .cli_resolution import CliCommand, resolve_cli
+from .process import (
+    STDERR_FILE,
+    STDOUT_FILE,
+    OutputTail,
+    exit_status,
+    find_session_process,
+    group_alive,
+    process_alive,
+    runs_session,
+    signal_group,
+    spawn,
+)
+
+log = logging.getLogger(__name__)
+
+SUPERVISOR_FILE = "supervisor.json"
+# Statuses of a session whose process may still run.
+ACTIVE_STATUSES = frozenset({"starting", "running", "paused", "stopping"})
+INPUT_STATUSES = frozenset({"starting", "running", "paused"})
+# How often an idle session's output files and process are checked.
+POLL_INTERVAL = 0.02
+
+
+class Supervised:
+    """A session process this server watches: our child, or one re-adopted after a restart."""
+
+    def __init__(self, session_id: str, directory: Path, pgid: int,
+                 proc: subprocess.Popen[bytes] | None, *, from_end: bool = False) -> None:
+        self.id = session_id
+        self.dir = directory
+        self.pgid = pgid
+        self.proc = proc
+        self.stopping = False
+        self.tails = [OutputTail(directory / STDOUT_FILE, "stdout", from_end=from_end),
+                      OutputTail(directory / STDERR_FILE, "stderr", from_end=from_end)]
+        self.done = anyio.Event()
+
+    def exited(self) -> tuple[bool, int | None]:
+        """(has the process ended, its exit code when known)."""
+        if self.proc is not None:
+            code = self.proc.poll()  # also reaps it: no zombie
+            return (False, None) if code is None else (True, exit_status(code))
+        return (not process_alive(self.pgid), None)
+
+    def leader_running(self) -> bool:
+        return not self.exited()[0]
+
+
+class SessionManager:
+    """Every session process this server supervises."""
+
+    def __init__(self, settings: Settings, store: StateStore, bus: EventBus,
+                 cli: CliCommand | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.cli = cli if cli is not None else resolve_cli(settings)
+        self._supervised: dict[str, Supervised] = {}
+        self._tg: TaskGroup | None = None
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Supervise until cancelled. Re-adopts live sessions before reporting started."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                self.readopt()
+                task_status.started()
+                await anyio.sleep_forever()
+            finally:
+                self._tg = None
+                with anyio.CancelScope(shield=True):
+                    await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self.settings.stop_sessions_on_exit:
+            for sup in list(self._supervised.values()):
+                if not sup.stopping:
+                    self._begin_stop(sup)
+            deadline = time.monotonic() + self.settings.stop_grace
+            while any(group_alive(s.pgid) for s in self._supervised.values()) \
+                    and time.monotonic() < deadline:
+                await anyio.sleep(0.05)
+        for sup in list(self._supervised.values()):
+            if sup.stopping:
+                # A stop was under way: do not leave it half done behind us.
+                signal_group(sup.pgid, signal.SIGKILL)
+                with anyio.move_on_after(1):
+                    while sup.leader_running():
+                        await anyio.sleep(0.01)
+            exited, code = sup.exited()
+            if exited:
+                self._drain(sup)
+                self._finished(sup, code)
+            else:
+                for tail in sup.tails:
+                    tail.close()
+                log.info("session %s keeps running (pid %d) after the server exits",
+                         sup.id, sup.pgid)
+
+    def readopt(self) -> None:
+        """After a restart: supervise our sessions that still run, close the others."""
+        for state in list(self.store.all()):
+            record = state.record
+            if record.status not in ACTIVE_STATUSES or state.id in self._supervised:
+                continue
+            if not (state.dir / SUPERVISOR_FILE).exists():
+                continue  # someone else runs it; not ours to judge
+            pid = record.pid if record.pid and runs_session(record.pid, state.id) else None
+            pid = pid or find_session_process(state.id)
+            self.store.adopt(state.id)
+            if pid is None:
+                status = "stopped" if record.status == "stopping" else "failed"
+                log.warning("session %s: its process is gone; marking it %s", state.id, status)
+                self.store.update_record(state.id, status=status)
+                continue
+            log.info("re-adopting session %s (pid %d)", state.id, pid)
+            sup = Supervised(state.id, state.dir, pid, None, from_end=True)
+            if record.pid != pid:
+                self.store.update_record(state.id, pid=pid)
+            self._watch(sup)
+            if record.status == "stopping":
+                self._begin_stop(sup, resend=True)
+
+    # ---------------------------------------------------------------- commands
+
+    def start(self, prd_path: str | None, provider: str, *, dry_run: bool = False,
+              verbose: bool = False) -> Session:
+        """Start a session; returns its record. The caller has validated the input."""
+        if not self.cli.available:
+            raise ServiceUnavailable(self.cli.problem or "No Loki CLI available",
+                                     code="PROVIDER_NOT_AVAILABLE")
+        if self._tg is None:
+            raise ServiceUnavailable("The session manager is not running")
+        if len(self._supervised) >= self.settings.max_sessions:
+            running = next(iter(self._supervised))
+            raise Conflict(f"A session is already running: {running}",
+                           code="SESSION_ALREADY_RUNNING", details={"sessionId": running})
+        session_id = f"session_{int(time.time() * 1000)}_{secrets.token_hex(4)}"
+        state = self.store.create(Session(id=session_id, prd_path=prd_path, provider=provider,
+                                          status="starting"))
+        argv = self.cli.session_argv(provider, prd_path, dry_run=dry_run, verbose=verbose)
+        env = {**os.environ, "LOKI_SESSION_ID": session_id, "LOKI_API_MODE": "true",
+               "LOKI_DIR": str(self.settings.loki_dir)}
+        try:
+            proc = spawn(argv, cwd=self.settings.loki_dir, env=env, output_dir=state.dir)
+        except OSError as exc:
+            self.store.update_record(session_id, status="failed")
+            raise ApiError(f"Cannot start the Loki CLI ({argv[0]}): {exc.strerror or exc}",
+                           status=500, code="CLI_ERROR") from None
+        (state.dir / SUPERVISOR_FILE).write_text(
+            json.dumps({"pid": proc.pid, "server": os.getpid(), "argv": argv}))
+        log.info("session %s started: pid %d: %s", session_id, proc.pid, " ".join(argv))
+        self._watch(Supervised(session_id, state.dir, proc.pid, proc))
+        return self.store.update_record(session_id, status="running", pid=proc.pid)
+
+    def stop(self, session_id: str) -> Session:
+        """SIGTERM the session's process group now, SIGKILL after the grace period."""
+        state = self._session(session_id)
+        if state.record.status not in ("starting", "running", "paused"):
+            raise Conflict(f"Session {session_id} is not running (status: {state.record.status})")
+        sup = self._supervised.get(session_id)
+        record = self.store.update_record(session_id, status="stopping")
+        if sup is not None:
+            self._begin_stop(sup)
+        else:
+            # Not ours (or its process is gone): ask it through the STOP file.
+            (state.dir / control.STOP_FILE).write_bytes(b"")
+            if not (record.pid and process_alive(record.pid)):
+                record = self.store.update_record(session_id, status="stopped")
+        return record
+
+    def pause(self, session_id: str) -> Session:
+        state = self._session(session_id)
+        if state.record.status != "running":
+            raise Conflict(f"Session {session_id} is not running (status: {state.record.status})")
+        control.write_pause(state.dir)
+        return self.store.update_record(session_id, status="paused")
+
+    def resume(self, session_id: str) -> Session:
+        state = self._session(session_id)
+        if state.record.status != "paused":
+            raise Conflict(f"Session {session_id} is not paused (status: {state.record.status})")
+        control.clear_pause(state.dir)
+        return self.store.update_record(session_id, status="running")
+
+    def inject_input(self, session_id: str, text: str, context: str | None = None) -> str:
+        """Deliver human input; returns "fifo" or "file" (how it was delivered)."""
+        state = self._session(session_id)
+        if state.record.status not in INPUT_STATUSES:
+            raise Conflict(f"Session {session_id} is not accepting input "
+                           f"(status: {state.record.status})")
+        how = control.inject_input(state.dir, text)
+        preview = text[:50] + ("..." if len(text) > 50 else "")
+        self.bus.publish("log:info", LogEventData(
+            level="info", message=f"Input injected: {preview}", source="api",
+            context={"delivery": how, **({"context": context} if context else {})}),
+            session_id)
+        return how
+
+    def delete(self, session_id: str) -> None:
+        """Forget a finished session and remove its state directory."""
+        state = self._session(session_id)
+        if session_id in self._supervised or (
+                state.record.status in ACTIVE_STATUSES and state.record.pid
+                and process_alive(state.record.pid)):
+            raise Conflict(f"Session {session_id} is still running; stop it first")
+        self.store.remove(session_id)
+        shutil.rmtree(state.dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------- queries
+
+    def is_supervised(self, session_id: str) -> bool:
+        return session_id in self._supervised
+
+    def counts(self) -> SessionCounts:
+        counts = SessionCounts()
+        for state in self.store.all():
+            counts.total += 1
+            status = state.record.status
+            if status in ACTIVE_STATUSES:
+                counts.running += 1
+            elif status == "completed":
+                counts.completed += 1
+            elif status == "failed":
+                counts.failed += 1
+        return counts
+
+    def active_session(self) -> str | None:
+        for state in self.store.all():
+            if state.id in self._supervised:
+                return state.id
+        current = self.store.current_session
+        state = self.store.get(current) if current else None
+        return current if state is not None and state.record.status in ACTIVE_STATUSES else None
+
+    # ----------------------------------------------------------------- internals
+
+    def _session(self, session_id: str) -> SessionState:
+        state = self.store.get(session_id) if valid_session_id(session_id) else None
+        if state is None:
+            raise NotFound(f"Session not found: {session_id}", code="SESSION_NOT_FOUND")
+        return state
+
+    def _watch(self, sup: Supervised) -> None:
+        assert self._tg is not None
+        self._supervised[sup.id] = sup
+        self._tg.start_soon(self._supervise, sup)
+
+    def _begin_stop(self, sup: Supervised, *, resend: bool = False) -> None:
+        if sup.stopping and not resend:
+            return
+        sup.stopping = True
+        log.info("session %s: SIGTERM to process group %d", sup.id, sup.pgid)
+        signal_group(sup.pgid, signal.SIGTERM)
+        if self._tg is not None:
+            self._tg.start_soon(self._escalate, sup)
+
+    async def _escalate(self, sup: Supervised) -> None:
+        """SIGKILL the group if anything in it outlives the grace period."""
+        deadline = time.monotonic() + self.settings.stop_grace
+        while time.monotonic() < deadline:
+            if not sup.leader_running() and not group_alive(sup.pgid):
+                return
+            await anyio.sleep(0.02)
+        if signal_group(sup.pgid, signal.SIGKILL):
+            log.warning("session %s: still alive %.1fs after SIGTERM; sent SIGKILL",
+                        sup.id, self.settings.stop_grace)
+
+    async def _supervise(self, sup: Supervised) -> None:
+        publish = partial(self.bus.publish, session_id=sup.id)
+        tails = sup.tails
+        try:
+            while True:
+                got = False
+                for tail in tails:
+                    got = tail.pump(publish) or got
+                if got:
+                    await anyio.sleep(0)  # let the streams write before the next chunk
+                    continue
+                exited, code = sup.exited()
+                if exited:
+                    break
+                await anyio.sleep(POLL_INTERVAL)
+            self._drain(sup)
+            self._finished(sup, code)
+        finally:
+            for tail in tails:
+                tail.close()
+
+    def _drain(self, sup: Supervised) -> None:
+        publish = partial(self.bus.publish, session_id=sup.id)
+        for tail in sup.tails:
+            tail.finish(publish)
+
+    def _finished(self, sup: Supervised, code: int | None) -> None:
+        if self._supervised.get(sup.id) is not sup:
+            return
+        del self._supervised[sup.id]
+        sup.done.set()
+        state = self.store.get(sup.id)
+        if state is None:
+            return
+        if sup.stopping or state.record.status == "stopping" or control.stop_requested(sup.dir):
+            status = "stopped"
+        elif code == 0:
+            status = "completed"
+        else:
+            status = "failed"
+        log.info("session %s ended: exit code %s, %s", sup.id, code, status)
+        self.store.update_record(sup.id, status=status, exit_code=code)

@@ -1,0 +1,188 @@
+"""One session's child process: spawning it, tailing its output, finding it again.
+
+The child runs in its own session and process group (`setsid`), so Ctrl-C on
+the server or the server's exit does not reach it, and a stop can signal the
+whole group. Its stdout and stderr go straight to files in the session
+directory (`stdout.txt`, `stderr.txt`; deliberately not `*.log`, which the
+watcher turns into log events), never to a pipe: a pipe would break (SIGPIPE)
+when the server dies, and sessions must outlive a server restart. The server
+tails those files, so the on-disk copy costs the hot path nothing, and a
+re-adopted session keeps streaming its output after a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from ..models import Model
+from .output import LineSplitter, Stream, parse_line
+
+STDOUT_FILE = "stdout.txt"
+STDERR_FILE = "stderr.txt"
+READ_CHUNK = 256 * 1024
+
+Publish = Callable[[str, Model], object]
+
+
+def spawn(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
+          output_dir: Path) -> subprocess.Popen[bytes]:
+    """Start `argv` (never through a shell) in a new session / process group."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / STDOUT_FILE, "ab") as out, open(output_dir / STDERR_FILE, "ab") as err:
+        return subprocess.Popen(
+            list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
+            stderr=err, start_new_session=True, close_fds=True,
+        )
+
+
+def exit_status(returncode: int) -> int:
+    """A shell-style exit code: killed by signal N → 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class OutputTail:
+    """Follows one output file from an offset, turning new lines into events."""
+
+    def __init__(self, path: Path, stream: Stream, *, from_end: bool = False) -> None:
+        self.path = path
+        self.stream = stream
+        self.splitter = LineSplitter()
+        self.lines = 0
+        self._file = None
+        try:
+            self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+            if from_end:
+                self._file.seek(0, os.SEEK_END)
+        except OSError:
+            self._file = None
+
+    def pump(self, publish: Publish) -> bool:
+        """Publish every complete line written since the last call. True if any bytes came."""
+        if self._file is None:
+            return False
+        got = False
+        while True:
+            chunk = self._file.read(READ_CHUNK)
+            if not chunk:
+                return got
+            got = True
+            self._emit(self.splitter.feed(chunk), publish)
+            if len(chunk) < READ_CHUNK:
+                return got
+
+    def finish(self, publish: Publish) -> None:
+        """Drain what is left, including a last line without a newline, and close."""
+        self.pump(publish)
+        self._emit(self.splitter.finish(), publish)
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _emit(self, lines: list[str], publish: Publish) -> None:
+        stream = self.stream
+        for line in lines:
+            parsed = parse_line(line, stream)
+            if parsed is not None:
+                self.lines += 1
+                publish(*parsed)
+
+
+# ---------------------------------------------------------------- finding processes
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            stat = file.read()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    # The state letter follows the parenthesised command name, which may contain spaces.
+    state = stat[stat.rfind(b")") + 2: stat.rfind(b")") + 3]
+    return state not in (b"Z", b"X")
+
+
+def runs_session(pid: int, session_id: str) -> bool:
+    """True when `pid` is alive and was started for `session_id` (not a recycled pid)."""
+    if not process_alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as file:
+            environ = file.read()
+    except OSError:
+        return False
+    return f"LOKI_SESSION_ID={session_id}".encode() in environ.split(b"\0")
+
+
+def find_session_process(session_id: str) -> int | None:
+    """The process-group leader running `session_id`, found by its environment."""
+    marker = f"LOKI_SESSION_ID={session_id}".encode()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as file:
+                if marker not in file.read().split(b"\0"):
+                    continue
+            if os.getpgid(pid) == pid and process_alive(pid):
+                return pid
+        except OSError:
+            continue
+    return None
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any non-zombie process is in process group `pgid`."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as file:
+                stat = file.read()
+        except OSError:
+            continue
+        tail = stat[stat.rfind(b")") + 2:].split()
+        # Fields after the name: state, ppid, pgrp, ...
+        if len(tail) > 2 and int(tail[2]) == pgid and tail[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send `sig` to process group `pgid`. False when the group is already gone."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    return True
+
+
