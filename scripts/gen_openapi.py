@@ -64,8 +64,8 @@ def ref(name: str) -> dict[str, str]:
 FIELD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
     ("StartSessionRequest", "provider"): {**ref("Provider"), "default": "claude"},
     ("InputRequest", "input"): {
-        "type": "string", "minLength": 1, "maxLength": 65536,
-        "description": "The text to inject; non-empty, at most 64 KiB.",
+        "type": "string", "minLength": 1, "maxLength": 65536, "pattern": "\\S",
+        "description": "The text to inject: not blank, at most 64 KiB (UTF-8).",
     },
     ("Session", "status"): ref("SessionStatus"),
     ("Task", "status"): ref("TaskStatus"),

@@ -61,9 +61,13 @@ def query_int(
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit():
+    # ASCII only: str.isdigit() also accepts "²", which int() refuses.
+    if not (raw.isascii() and raw.isdigit()):
         raise BadRequest(f"{name} must be a non-negative integer, not {raw!r}")
-    value = int(raw)
+    digits = raw.lstrip("0") or "0"
+    # Past 18 digits no page or offset is real; this also keeps int() clear of its
+    # 4300-digit limit.
+    value = int(digits) if len(digits) <= 18 else 10**18
     return min(value, maximum) if maximum is not None else value
 
 

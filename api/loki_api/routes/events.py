@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -31,11 +33,15 @@ def parse_filter(request: Request) -> EventFilter:
         raise BadRequest(str(exc)) from None
 
 
+# ASCII digits of a sane length, so `seq_of` never meets "²" or a 5000-digit number.
+EVENT_ID = re.compile(r"evt_[0-9]{1,19}_[0-9]{1,19}")
+
+
 def parse_event_id(raw: str | None, name: str) -> str | None:
     if raw is None or raw.strip() == "":
         return None
     raw = raw.strip()
-    if seq_of(raw) is None:
+    if EVENT_ID.fullmatch(raw) is None or seq_of(raw) is None:
         raise BadRequest(f"{name} must be an event id like evt_42_1732341234567, not {raw!r}")
     return raw
 
