@@ -246,7 +246,7 @@ class SessionList(Model, kw_only=True):
     running: int
 
 
-class TaskCounts(Model, kw_only=True):
+class TaskCounts(Record, kw_only=True):
     total: int = 0
     pending: int = 0
     running: int = 0
@@ -254,7 +254,7 @@ class TaskCounts(Model, kw_only=True):
     failed: int = 0
 
 
-class AgentCounts(Model, kw_only=True):
+class AgentCounts(Record, kw_only=True):
     active: int = 0
     spawned: int = 0
     completed: int = 0

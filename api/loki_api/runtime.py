@@ -20,6 +20,7 @@ from .bus import EventBus
 from .eventlog import EventLog
 from .models import ReadyCheck, SessionCounts
 from .providers import ProviderCache
+from .sessions.manager import SessionManager
 from .settings import Settings
 from .state import StateStore
 from .state.heartbeat import run_heartbeat
@@ -39,6 +40,7 @@ class Runtime:
         self.bus = EventBus(history=settings.history, max_pending=settings.max_pending)
         self.checks: dict[str, Check] = {"stateDir": self.state_dir_writable}
         self.store = StateStore(settings, self.bus)
+        self.sessions = SessionManager(settings, self.store, self.bus)
         self.watcher = StateWatcher(settings, self.store, self.bus)
         self.add_check("watcher", self.watcher.problem)
 
@@ -63,6 +65,8 @@ class Runtime:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._keepalive)
+                # Re-adopts the sessions that outlived a previous server before serving.
+                await tg.start(self.sessions.run)
                 await tg.start(self.watcher.run)
                 tg.start_soon(run_heartbeat, self.store, self.bus, settings.heartbeat)
                 yield
@@ -90,18 +94,18 @@ class Runtime:
         return results
 
     def session_counts(self) -> SessionCounts:
-        return SessionCounts()
+        return self.sessions.counts()
 
     def active_session(self) -> str | None:
-        return None
+        return self.sessions.active_session()
 
     def cli_description(self) -> str | None:
         """The session command in use, for health and the banner."""
-        return None
+        return self.sessions.cli.describe()
 
     def cli_problem(self) -> str | None:
         """Why sessions cannot be started, or None when they can."""
-        return None
+        return self.sessions.cli.problem
 
     def state_dir_writable(self) -> str | None:
         """None when the state dir can be written, else why not."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from . import events, health, openapi
+from . import events, health, openapi, sessions, tasks
 
 
 def build_routes() -> list[BaseRoute]:
-    return [*health.routes, *events.routes, *openapi.routes]
+    return [*health.routes, *events.routes, *sessions.routes, *tasks.routes, *openapi.routes]
