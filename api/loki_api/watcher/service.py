@@ -26,7 +26,6 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -230,12 +229,3 @@ class StateWatcher:
         for path in logs:
             if self.tailer.poll(path) and self._coalescer is not None:
                 self._coalescer.notify(os.fspath(path))
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        coalescer = self._coalescer
-        return {
-            "restarts": self.restarts,
-            "notifications": coalescer.notifications if coalescer else 0,
-            "reads": coalescer.reads if coalescer else 0,
-        }
