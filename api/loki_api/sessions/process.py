@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -118,12 +119,25 @@ def runs_session(pid: int, session_id: str) -> bool:
     """True when `pid` is alive and was started for `session_id` (not a recycled pid)."""
     if not process_alive(pid):
         return False
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as file:
-            environ = file.read()
-    except OSError:
-        return False
-    return f"LOKI_SESSION_ID={session_id}".encode() in environ.split(b"\0")
+    return f"LOKI_SESSION_ID={session_id}".encode() in read_environ(pid)
+
+
+def read_environ(pid: int) -> list[bytes]:
+    """`pid`'s environment as `NAME=value` items (empty when unreadable).
+
+    Right after exec the kernel briefly shows an empty environment; that is
+    read again for a few milliseconds rather than taken as the answer.
+    """
+    for _ in range(50):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as file:
+                environ = file.read()
+        except OSError:
+            return []
+        if environ:
+            return environ.split(b"\0")
+        time.sleep(0.001)
+    return []
 
 
 def find_session_process(session_id: str) -> int | None:

@@ -1,0 +1,126 @@
+"""Control files, input delivery and process helpers of the session supervisor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from loki_api.sessions import control
+from loki_api.sessions.process import (
+    OutputTail,
+    exit_status,
+    find_session_process,
+    group_alive,
+    process_alive,
+    runs_session,
+    spawn,
+)
+
+
+def test_pause_and_clear(tmp_path: Path) -> None:
+    control.write_pause(tmp_path)
+    (tmp_path / "STOP").write_text("")
+    assert (tmp_path / "PAUSE").exists() and control.stop_requested(tmp_path)
+    control.clear_pause(tmp_path)
+    assert not (tmp_path / "PAUSE").exists() and not control.stop_requested(tmp_path)
+    control.clear_pause(tmp_path)  # nothing to remove is fine
+
+
+def test_input_without_fifo_appends_to_human_input(tmp_path: Path) -> None:
+    assert control.inject_input(tmp_path, "first") == "file"
+    assert control.inject_input(tmp_path, "second\n") == "file"
+    assert (tmp_path / "HUMAN_INPUT.md").read_text() == "first\nsecond\n"
+
+
+def test_input_with_a_fifo_nobody_reads_falls_back_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "input.fifo")
+    assert control.inject_input(tmp_path, "hello") == "file"
+    assert (tmp_path / "HUMAN_INPUT.md").read_text() == "hello\n"
+
+
+def test_input_goes_through_a_read_fifo(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "input.fifo")
+    reader = os.open(tmp_path / "input.fifo", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        assert control.inject_input(tmp_path, "hello") == "fifo"
+        assert os.read(reader, 100) == b"hello\n"
+        # Too big for one atomic pipe write: the file takes it whole instead.
+        assert control.inject_input(tmp_path, "x" * 10_000) == "file"
+    finally:
+        os.close(reader)
+    assert not (tmp_path / "HUMAN_INPUT.md").read_text().startswith("hello")
+
+
+def test_a_regular_file_named_input_fifo_is_not_written(tmp_path: Path) -> None:
+    (tmp_path / "input.fifo").write_text("")
+    assert control.inject_input(tmp_path, "x") == "file"
+    assert (tmp_path / "input.fifo").read_text() == ""
+
+
+def test_exit_status() -> None:
+    assert exit_status(0) == 0 and exit_status(3) == 3
+    assert exit_status(-signal.SIGTERM) == 143
+
+
+def test_spawned_child_runs_in_its_own_group_and_is_found_by_its_session(
+        tmp_path: Path) -> None:
+    env = {**os.environ, "LOKI_SESSION_ID": "sess-42"}
+    script = "import sys, time; print('out', flush=True); print('err', file=sys.stderr); " \
+             "time.sleep(30)"
+    proc = spawn([sys.executable, "-c", script], cwd=tmp_path, env=env, output_dir=tmp_path)
+    try:
+        assert os.getpgid(proc.pid) == proc.pid != os.getpgid(0)
+        assert runs_session(proc.pid, "sess-42") and not runs_session(proc.pid, "other")
+        assert find_session_process("sess-42") == proc.pid
+        assert group_alive(proc.pid) and process_alive(proc.pid)
+        deadline = time.monotonic() + 10
+        while b"err" not in (tmp_path / "stderr.txt").read_bytes():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait(5) == -signal.SIGKILL
+    assert not group_alive(proc.pid) and not process_alive(proc.pid)
+    published: list[tuple[str, object]] = []
+    for name, stream in (("stdout.txt", "stdout"), ("stderr.txt", "stderr")):
+        OutputTail(tmp_path / name, stream).finish(  # type: ignore[arg-type]
+            lambda kind, data: published.append((kind, data)))
+    assert [kind for kind, _ in published] == ["log:info", "log:error"]
+
+
+def test_tail_follows_appends_and_keeps_the_last_unterminated_line(tmp_path: Path) -> None:
+    path = tmp_path / "stdout.txt"
+    path.write_bytes(b"old line\n")
+    tail = OutputTail(path, "stdout", from_end=True)
+    seen: list[str] = []
+
+    def publish(kind: str, data: object) -> None:
+        seen.append(data.message)  # type: ignore[attr-defined]
+
+    assert tail.pump(publish) is False
+    with open(path, "ab") as file:
+        file.write(b"new one\nhalf")
+    assert tail.pump(publish) is True
+    assert seen == ["new one"]
+    tail.finish(publish)
+    assert seen == ["new one", "half"]
+
+
+def test_a_missing_output_file_is_quiet(tmp_path: Path) -> None:
+    tail = OutputTail(tmp_path / "nope.txt", "stdout")
+    assert tail.pump(lambda *a: None) is False
+    tail.finish(lambda *a: None)
+
+
+def test_zombie_is_not_alive() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    while True:  # exited but not reaped yet: a zombie
+        with open(f"/proc/{proc.pid}/stat") as file:
+            if file.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+    assert not process_alive(proc.pid)
+    proc.wait()
