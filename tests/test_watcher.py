@@ -227,6 +227,37 @@ async def test_in_process_overflow_triggers_a_rescan(watched: Watched) -> None:
     assert watched.types("s1") == ["session:started", "task:created"]
 
 
+@pytest.mark.anyio
+async def test_in_process_watcher_that_cannot_start_keeps_trying(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import loki_api.watcher.service as service
+
+    attempts: list[int] = []
+    real_observer = service.Observer
+
+    def flaky_observer() -> Any:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise OSError(28, "inotify watch limit reached")
+        return real_observer()
+
+    monkeypatch.setattr(service, "Observer", flaky_observer)
+    settings = Settings(loki_dir=tmp_path)
+    bus = EventBus(history=100)
+    bus.bind_loop()
+    store = StateStore(settings, bus)
+    store.load()
+    watcher = StateWatcher(settings, store, bus, check_interval=0.02)
+    async with anyio.create_task_group() as tg:
+        await tg.start(watcher.run)  # the server still starts
+        assert watcher.problem() == "file watcher is not running"
+        await wait_for(lambda: watcher.problem() is None, timeout=5)
+        assert len(attempts) == 3
+        write_atomic(settings.sessions_dir / "s1" / "session.json", session_doc())
+        await wait_for(lambda: bus.published == 1, timeout=5)
+        tg.cancel_scope.cancel()
+
+
 # --------------------------------------------------------------- live server
 
 

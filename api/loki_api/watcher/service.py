@@ -119,6 +119,8 @@ class StateWatcher:
         self._observer: BaseObserver | None = None
         self._coalescer: Coalescer | None = None
         self._overflow: _OverflowListener | None = None
+        # True while (re)starting the observer fails: log that once, not every retry.
+        self._failing = False
 
     # ------------------------------------------------------------------ lifetime
 
@@ -131,20 +133,29 @@ class StateWatcher:
         loop = asyncio.get_running_loop()
         self._coalescer = Coalescer(loop, self._process)
         self._overflow = _OverflowListener(lambda: _call_soon_threadsafe(loop, self._overflowed))
-        logging.getLogger(WATCHDOG_INOTIFY_LOGGER).addHandler(self._overflow)
+        watchdog_log = logging.getLogger(WATCHDOG_INOTIFY_LOGGER)
+        # The overflow warning must get past the logger's level to reach the listener.
+        watchdog_log.setLevel(min(watchdog_log.getEffectiveLevel(), logging.WARNING))
+        watchdog_log.addHandler(self._overflow)
         try:
             self.tailer.prime()
-            await anyio.to_thread.run_sync(self._start_observer)
+            try:
+                await anyio.to_thread.run_sync(self._start_observer)
+            except Exception:
+                # Serve anyway: readiness reports the watcher down and we keep retrying.
+                log.exception("could not start the file watcher; retrying")
+                self._failing = True
             self.resync()  # whatever changed between store.load() and the first watch
             task_status.started()
             while True:
                 await anyio.sleep(self.check_interval)
                 problem = self.problem()
                 if problem is not None:
-                    log.error("file watcher is down (%s); restarting it", problem)
+                    if not self._failing:
+                        log.error("file watcher is down (%s); restarting it", problem)
                     await self._restart()
         finally:
-            logging.getLogger(WATCHDOG_INOTIFY_LOGGER).removeHandler(self._overflow)
+            watchdog_log.removeHandler(self._overflow)
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._stop_observer)
 
@@ -165,13 +176,17 @@ class StateWatcher:
         handler = HandOff(self._wanted, self._coalescer.notify_threadsafe)
         observer = Observer()
         observer.daemon = True
-        # Two watches rather than all of `.loki/`: the durable event log under
-        # `.loki/events/` is written on every event and must not wake us up.
-        observer.schedule(handler, os.fspath(self.sessions_dir), recursive=True,
-                          event_filter=EVENT_FILTER)
-        observer.schedule(handler, os.fspath(self.settings.state_dir), recursive=False,
-                          event_filter=EVENT_FILTER)
-        observer.start()
+        try:
+            # Two watches rather than all of `.loki/`: the durable event log under
+            # `.loki/events/` is written on every event and must not wake us up.
+            observer.schedule(handler, os.fspath(self.sessions_dir), recursive=True,
+                              event_filter=EVENT_FILTER)
+            observer.schedule(handler, os.fspath(self.settings.state_dir), recursive=False,
+                              event_filter=EVENT_FILTER)
+            observer.start()
+        except BaseException:
+            observer.stop()  # also ends the inotify reader thread the observer began with
+            raise
         self._observer = observer
         log.info("watching %s", self.sessions_dir)
 
@@ -190,8 +205,13 @@ class StateWatcher:
         try:
             await anyio.to_thread.run_sync(self._start_observer)
         except Exception:
-            log.exception("could not restart the file watcher; retrying")
+            if not self._failing:
+                log.exception("could not restart the file watcher; retrying")
+            self._failing = True
             return
+        if self._failing:
+            log.info("file watcher is running again")
+        self._failing = False
         self.restarts += 1
         self.resync()
 
