@@ -152,6 +152,20 @@ async def test_pause_input_resume_stop_and_delete(loki_dir: Path) -> None:
         assert client.delete(f"/api/sessions/{session_id}").status_code == 404
 
 
+async def test_options_timeout_stops_the_session(loki_dir: Path) -> None:
+    with ServerProcess(loki_dir, "--simulate", env={"LOKI_SIM_DELAY": "0.5"}) as server, \
+            api(server) as client:
+        assert client.post("/api/sessions", json={"options": {"timeout": -1}}).status_code == 422
+        async with sse_stream(server.url) as stream:
+            reply = client.post("/api/sessions", json={"options": {"timeout": 0.3,
+                                                                   "dryRun": True}})
+            session_id = reply.json()["sessionId"]
+            seen = await stream.until(is_type("session:stopped"))
+            assert any(m.event == "log:warn" and "timeout" in m.json()["data"]["message"]
+                       for m in seen)
+        await wait_for(lambda: session_status(client, session_id) == "stopped")
+
+
 async def test_nonzero_exit_is_session_failed_with_exit_code(loki_dir: Path) -> None:
     with ServerProcess(loki_dir, "--simulate", env={"LOKI_SIM_EXIT": "3"}) as server, \
             api(server) as client:

@@ -103,9 +103,13 @@ async def start_session(request: Request) -> Response:
     if body.prd_path is not None:
         resolve_prd(runtime.settings.loki_dir, body.prd_path)
     options = body.options
+    timeout = options.timeout if options else None
+    if timeout is not None and not 0 < timeout < 10**9:
+        raise ValidationFailed("options.timeout must be a positive number of seconds",
+                               details={"field": "options.timeout"})
     record = manager_of(request).start(
-        body.prd_path, body.provider,
-        dry_run=bool(options and options.dry_run), verbose=bool(options and options.verbose))
+        body.prd_path, body.provider, dry_run=bool(options and options.dry_run),
+        verbose=bool(options and options.verbose), timeout=timeout)
     return json_response(SessionActionResponse(
         session_id=record.id, status=record.status,
         message=f"Session started with {body.provider} (pid {record.pid})"), status=201)

@@ -165,8 +165,11 @@ class SessionManager:
     # ---------------------------------------------------------------- commands
 
     def start(self, prd_path: str | None, provider: str, *, dry_run: bool = False,
-              verbose: bool = False) -> Session:
-        """Start a session; returns its record. The caller has validated the input."""
+              verbose: bool = False, timeout: float | None = None) -> Session:
+        """Start a session; returns its record. The caller has validated the input.
+
+        With `timeout` (seconds) the session is stopped if it is still running then.
+        """
         if not self.cli.available:
             raise ServiceUnavailable(self.cli.problem or "No Loki CLI available",
                                      code="PROVIDER_NOT_AVAILABLE")
@@ -191,7 +194,10 @@ class SessionManager:
         (state.dir / SUPERVISOR_FILE).write_text(
             json.dumps({"pid": proc.pid, "server": os.getpid(), "argv": argv}))
         log.info("session %s started: pid %d: %s", session_id, proc.pid, " ".join(argv))
-        self._watch(Supervised(session_id, state.dir, proc.pid, proc))
+        sup = Supervised(session_id, state.dir, proc.pid, proc)
+        self._watch(sup)
+        if timeout is not None:
+            self._tg.start_soon(self._stop_after, sup, timeout)
         return self.store.update_record(session_id, status="running", pid=proc.pid)
 
     def stop(self, session_id: str) -> Session:
@@ -295,6 +301,18 @@ class SessionManager:
         signal_group(sup.pgid, signal.SIGTERM)
         if self._tg is not None:
             self._tg.start_soon(self._escalate, sup)
+
+    async def _stop_after(self, sup: Supervised, timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            await sup.done.wait()
+            return
+        state = self.store.get(sup.id)
+        if state is not None and state.record.status in ("starting", "running", "paused"):
+            log.info("session %s: timeout of %gs reached; stopping it", sup.id, timeout)
+            self.bus.publish("log:warn", LogEventData(
+                level="warn", message=f"Session timeout of {timeout:g}s reached: stopping",
+                source="api"), sup.id)
+            self.stop(sup.id)
 
     async def _escalate(self, sup: Supervised) -> None:
         """SIGKILL the group if anything in it outlives the grace period."""
