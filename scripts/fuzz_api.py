@@ -6,10 +6,12 @@
 
 Starts `python -m loki_api serve --simulate --port 0` on 127.0.0.1 with a
 throw-away `--loki-dir`, loads `/openapi.json` from it, and runs schemathesis'
-examples, coverage and fuzzing phases against every operation except the
-endless `/api/events` stream. A case fails on a 5xx, a status code the
-document does not list, a wrong content type, or a body that breaks its
-schema. Exit code: schemathesis' (0 when nothing failed), or 2 when the
+examples, coverage, fuzzing and stateful (following the document's links,
+e.g. start a session, then pause/stop it) phases against every operation except
+the endless `/api/events` stream. A case fails on a 5xx, a status code the
+document does not list, a wrong content type, a body that breaks its schema,
+or a method the path does not serve that is not a 405 with a true `Allow`.
+Exit code: schemathesis' (0 when nothing failed), or 2 when the
 server did not start.
 """
 
@@ -33,6 +35,8 @@ CHECKS = ",".join([
     "content_type_conformance",
     "response_schema_conformance",
     "response_headers_conformance",
+    "unsupported_method",        # an undocumented method on a known path is 405 ...
+    "allow_header_conformance",  # ... whose Allow lists exactly the documented methods
 ])
 URL_LINE = re.compile(r"url\s+(https?://\S+)")
 PRD = "# Fuzzing PRD\n\n## Build\n\n- write the code\n- test the code\n"
@@ -48,12 +52,12 @@ class Server:
         self.url = ""
 
     def start(self, timeout: float = 30.0) -> str:
-        env = {**os.environ, "LOKI_SIM_DELAY": "0.01"}
+        env = {**os.environ, "LOKI_SIM_DELAY": "0.1"}
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "loki_api", "serve", "--simulate", "--host", "127.0.0.1",
                  "--port", "0", "--loki-dir", str(self.loki_dir), "--stop-grace", "2",
-                 "--stop-sessions-on-exit"],
+                 "--stop-sessions-on-exit", "--max-sessions", "3"],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             )
         deadline = time.monotonic() + timeout
@@ -94,7 +98,7 @@ def schemathesis_command(url: str, args: argparse.Namespace, extra: list[str]) -
         sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json",
         "--url", url,
         "--checks", CHECKS,
-        "--phases", "examples,coverage,fuzzing",
+        "--phases", "examples,coverage,fuzzing,stateful",
         "--max-examples", str(args.max_examples),
         "--exclude-path", "/api/events",
         "--workers", str(args.workers),
@@ -104,6 +108,17 @@ def schemathesis_command(url: str, args: argparse.Namespace, extra: list[str]) -
         *(["--seed", str(args.seed)] if args.seed is not None else []),
         *extra,
     ]
+
+
+def print_event_counts(url: str) -> None:
+    """What the fuzzing made the sessions do: how far it got past validation."""
+    try:
+        by_type = httpx.get(f"{url}/api/events/stats", timeout=5).json()["byType"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return
+    counts = ", ".join(f"{name} {count}" for name, count in sorted(by_type.items())
+                       if name.startswith("session:"))
+    print(f"fuzz: session events published: {counts or 'none'}", flush=True)
 
 
 def server_problems(log: str) -> list[str]:
@@ -140,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fuzz: server at {url}, loki dir {loki_dir}", flush=True)
         try:
             code = subprocess.call(schemathesis_command(url, args, extra), cwd=work)
+            print_event_counts(url)
         finally:
             if server is not None:
                 server.stop()

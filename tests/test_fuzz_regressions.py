@@ -46,3 +46,18 @@ async def test_huge_limit_is_capped_not_a_crash(client: httpx.AsyncClient) -> No
 async def test_leading_zeros_are_one_number(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/events/history?limit=" + "0" * 5000 + "1")
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("PUT", "/api/sessions", "GET, HEAD, POST"),          # GET and POST are separate routes
+    ("OPTIONS", "/api/sessions/abc", "DELETE, GET, HEAD"),
+    ("POST", "/health", "GET, HEAD"),
+])
+async def test_405_allow_lists_every_method_of_the_path(
+    client: httpx.AsyncClient, method: str, path: str, allow: str
+) -> None:
+    response = await client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert response.json()["code"] == "METHOD_NOT_ALLOWED"

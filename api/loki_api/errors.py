@@ -21,6 +21,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from .encoding import encode
 from .models import ApiError as ApiErrorBody
@@ -116,12 +117,30 @@ _HTTP_MESSAGES = {
 }
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method the request's path serves, for the `Allow` header of a 405.
+
+    Starlette answers a 405 from the first route whose path matches and lists only
+    that route's methods; a path served by several `Route`s (GET and POST as separate
+    entries) needs the union of them all.
+    """
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = _HTTP_MESSAGES.get(exc.status_code) or exc.detail
+    headers = exc.headers
     if exc.status_code == 404:
         message = f"Not found: {request.method} {request.url.path}"
-    return error_response(exc.status_code, message, headers=exc.headers)
+    elif exc.status_code == 405:
+        message = f"Method not allowed: {request.method} {request.url.path}"
+        headers = {**(headers or {}), "Allow": allowed_methods(request)}
+    return error_response(exc.status_code, message, headers=headers)
 
 
 def make_unexpected_handler(debug: bool):  # type: ignore[no-untyped-def]
