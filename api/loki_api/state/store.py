@@ -30,6 +30,7 @@ from ..encoding import encode
 from ..models import Agent, Session, Task
 from ..settings import Settings
 from . import diff
+from .announcements import Announcements
 from .diff import AgentLedger, Change
 from .documents import (
     AGENTS_FILE,
@@ -95,7 +96,7 @@ class SessionState:
     """One session's merged, in-memory view (what REST reads)."""
 
     __slots__ = ("id", "dir", "record", "tasks", "managed", "ledger", "phase",
-                 "last_event", "seen")
+                 "last_event", "seen", "announced")
 
     def __init__(self, session_id: str, directory: Path, record: Session, *,
                  managed: bool = False) -> None:
@@ -112,6 +113,8 @@ class SessionState:
         # Raw bytes of each file as last applied (or written by us): a rewrite
         # with identical bytes is recognised without decoding.
         self.seen: dict[str, bytes] = {}
+        # Facts already published, from the files or from the CLI's output.
+        self.announced = Announcements()
 
     @property
     def agents(self) -> list[Agent]:
@@ -367,6 +370,9 @@ class StateStore:
         state.seen[name] = raw
         if publish:
             self._publish(state, changes)
+        else:
+            for event_type, data in changes:  # announced before: remember, say nothing
+                state.announced.admit(event_type, data)
 
     def _merge(self, state: SessionState, fields: dict[str, Any]) -> Session:
         """The record after reading `fields` from session.json.
@@ -415,7 +421,26 @@ class StateStore:
 
     # ---------------------------------------------------------------- publishing
 
+    def report(self, session_id: str, event_type: str, data: Any) -> None:
+        """Publish an event a session's output reported, unless the files already did.
+
+        Phase, task, agent and session events can arrive twice: once as an output
+        line, once as a state-file change. The first is published, the repeat
+        dropped. Everything else (logs, metrics, input requests) passes straight on.
+        """
+        state = self._sessions.get(session_id)
+        if state is not None:
+            if event_type.startswith("session:"):
+                if state.last_event == event_type:
+                    return
+                state.last_event = event_type
+            elif not state.announced.admit(event_type, data):
+                return
+        self.bus.publish(event_type, data, session_id)
+
     def _publish(self, state: SessionState, changes: list[Change]) -> None:
         state.last_event = diff.last_session_event(changes, state.last_event)
+        admit = state.announced.admit
         for event_type, data in changes:
-            self.bus.publish(event_type, data, state.id)
+            if admit(event_type, data):
+                self.bus.publish(event_type, data, state.id)

@@ -1,0 +1,81 @@
+"""What has been announced for one session, so a fact reported twice is published once.
+
+A session's CLI reports the same facts two ways: as output lines (`Starting
+development phase`, `{"type": "task:completed", ...}`, SPEC §5.2) and as state
+files (`phase.json`, `tasks.json`, SPEC §4.3). Whichever arrives first is
+published; the other is recognised here and dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..models import AgentEventData, PhaseEventData, TaskEventData
+
+
+class Announcements:
+    __slots__ = ("phase_started", "phase_ended", "task_created", "task_status",
+                 "task_progress", "agent_spawned", "agent_ended")
+
+    def __init__(self) -> None:
+        self.phase_started: str | None = None
+        self.phase_ended: dict[str, str] = {}  # phase -> phase:completed / phase:failed
+        self.task_created: set[str] = set()
+        self.task_status: dict[str, str] = {}  # task id -> last task status event
+        self.task_progress: dict[str, float | None] = {}
+        self.agent_spawned: set[str] = set()
+        self.agent_ended: set[str] = set()
+
+    def admit(self, event_type: str, data: Any) -> bool:
+        """True when this event says something new (and remember it); False for a repeat."""
+        if isinstance(data, PhaseEventData):
+            return self._phase(event_type, data.phase)
+        if isinstance(data, TaskEventData):
+            return self._task(event_type, data)
+        if isinstance(data, AgentEventData) and event_type != "agent:output":
+            return self._agent(event_type, data.agent_id)
+        return True
+
+    def _phase(self, event_type: str, phase: str) -> bool:
+        if event_type == "phase:started":
+            if self.phase_started == phase:
+                return False
+            self.phase_started = phase
+            self.phase_ended.pop(phase, None)  # a phase entered again may end again
+            return True
+        if self.phase_ended.get(phase) == event_type:
+            return False
+        self.phase_ended[phase] = event_type
+        if self.phase_started == phase:
+            self.phase_started = None
+        return True
+
+    def _task(self, event_type: str, data: TaskEventData) -> bool:
+        task_id = data.task_id
+        if event_type == "task:created":
+            if task_id in self.task_created:
+                return False
+            self.task_created.add(task_id)
+            return True
+        if event_type == "task:progress":
+            if task_id in self.task_progress and self.task_progress[task_id] == data.progress:
+                return False
+            self.task_progress[task_id] = data.progress
+            return True
+        if self.task_status.get(task_id) == event_type:
+            return False
+        self.task_status[task_id] = event_type
+        self.task_created.add(task_id)
+        return True
+
+    def _agent(self, event_type: str, agent_id: str) -> bool:
+        if event_type == "agent:spawned":
+            if agent_id in self.agent_spawned:
+                return False
+            self.agent_spawned.add(agent_id)
+            return True
+        if agent_id in self.agent_ended:
+            return False
+        self.agent_ended.add(agent_id)
+        self.agent_spawned.add(agent_id)
+        return True

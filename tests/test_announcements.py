@@ -1,0 +1,102 @@
+"""A fact reported by both the CLI's output and its state files is published once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loki_api.bus import EventBus
+from loki_api.models import (
+    AgentEventData,
+    LogEventData,
+    PhaseEventData,
+    Session,
+    SessionEventData,
+    TaskEventData,
+)
+from loki_api.settings import Settings
+from loki_api.state import StateStore
+from loki_api.state.announcements import Announcements
+
+from .test_store import Recorder, write
+
+
+def task(event_type: str, task_id: str = "t1", status: str = "running",
+         progress: float | None = None) -> tuple[str, TaskEventData]:
+    return event_type, TaskEventData(task_id=task_id, title="T", status=status, progress=progress)
+
+
+def test_phase_repeats_are_dropped_but_reentry_is_not() -> None:
+    a = Announcements()
+    started = PhaseEventData(phase="planning")
+    assert a.admit("phase:started", started)
+    assert not a.admit("phase:started", started)
+    assert a.admit("phase:completed", started)
+    assert not a.admit("phase:completed", started)
+    assert a.admit("phase:started", PhaseEventData(phase="development"))
+    assert a.admit("phase:started", started)  # planning entered again
+    assert a.admit("phase:completed", started)
+
+
+def test_task_events_once_per_fact() -> None:
+    a = Announcements()
+    assert a.admit(*task("task:created", status="pending"))
+    assert not a.admit(*task("task:created", status="pending"))
+    assert a.admit(*task("task:started"))
+    assert not a.admit(*task("task:started"))
+    assert a.admit(*task("task:progress", progress=0.5))
+    assert not a.admit(*task("task:progress", progress=0.5))
+    assert a.admit(*task("task:progress", progress=0.7))
+    assert a.admit(*task("task:completed", status="completed"))
+    assert not a.admit(*task("task:completed", status="completed"))
+    assert a.admit(*task("task:started", task_id="t2"))
+    assert not a.admit(*task("task:created", task_id="t2"))  # known by now
+
+
+def test_agents_once_and_output_always() -> None:
+    a = Announcements()
+    spawned = AgentEventData(agent_id="a1", type="dev")
+    assert a.admit("agent:spawned", spawned)
+    assert not a.admit("agent:spawned", spawned)
+    assert a.admit("agent:output", spawned) and a.admit("agent:output", spawned)
+    assert a.admit("agent:completed", spawned)
+    assert not a.admit("agent:failed", spawned)
+    assert a.admit("log:info", LogEventData(level="info", message="x"))
+
+
+def test_output_then_file_publishes_once(tmp_path: Path) -> None:
+    bus = EventBus()
+    events = Recorder(bus)
+    store = StateStore(Settings(loki_dir=tmp_path), bus)
+    store.load()
+    state = store.create(Session(id="s1", status="running"))
+    events.take()
+    store.report("s1", "phase:started", PhaseEventData(phase="development"))
+    store.report("s1", *task("task:completed", status="completed"))
+    store.report("s1", "agent:spawned", AgentEventData(agent_id="a1", type="dev"))
+    assert events.types() == ["phase:started", "task:completed", "agent:spawned"]
+    write(state.dir / "phase.json", {"current": "development"})
+    store.apply_file(state.dir / "phase.json")
+    write(state.dir / "tasks.json", {"tasks": [{"id": "t1", "title": "T",
+                                                "status": "completed"}]})
+    store.apply_file(state.dir / "tasks.json")
+    write(state.dir / "agents.json", {"active": [{"id": "a1", "type": "dev"}]})
+    store.apply_file(state.dir / "agents.json")
+    # Nothing new: t1 was known from its completion, the phase and agent were announced.
+    assert events.types() == []
+
+
+def test_file_then_output_publishes_once(tmp_path: Path) -> None:
+    bus = EventBus()
+    events = Recorder(bus)
+    store = StateStore(Settings(loki_dir=tmp_path), bus)
+    store.load()
+    state = store.create(Session(id="s1", status="running"))
+    write(state.dir / "phase.json", {"current": "testing"})
+    store.apply_file(state.dir / "phase.json")
+    assert events.types() == ["session:started", "phase:started"]
+    store.report("s1", "phase:started", PhaseEventData(phase="testing"))
+    store.report("s1", "log:info", LogEventData(level="info", message="hello"))
+    store.report("s1", "session:started", SessionEventData(status="running"))
+    assert events.types() == ["log:info"]
+    store.report("other", "log:warn", LogEventData(level="warn", message="no session yet"))
+    assert events.types() == ["log:warn"]
