@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import jsonschema_rs
 import pytest
@@ -26,6 +27,8 @@ from loki_api.encoding import encode
 from loki_api.models import EVENT_TYPES, Event
 from loki_api.routes import openapi as openapi_route
 from loki_api.settings import Settings
+
+from .support import ServerProcess, sse_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = ROOT / "openapi" / "openapi.yaml"
@@ -309,3 +312,44 @@ def test_wheel_ships_the_spec(tmp_path: Path) -> None:
                             env={"PYTHONPATH": str(tmp_path / "site")}, cwd=tmp_path)
     assert served.returncode == 0, served.stderr.decode()
     assert json.loads(served.stdout) == yaml.safe_load(packaged)
+
+
+# ------------------------------------------------- a real session's events vs AnyEvent
+
+PRD = "# Todo app\n\n## Backend\n- Build the API\n- Add storage\n\n## UI\n- List view\n"
+
+
+@pytest.mark.anyio
+async def test_a_real_sessions_events_match_the_documented_union(
+    loki_dir: Path, spec: dict[str, Any]
+) -> None:
+    """Every event a simulated session produces, from history and from the stream,
+    validates against `AnyEvent`, and the SSE frame's `id:`/`event:` agree with it."""
+    validator = any_event_validator(spec)
+    (loki_dir / "prd.md").write_text(PRD)
+    with ServerProcess(loki_dir, "--simulate") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            reply = await client.post("/api/sessions", json={"prdPath": "./prd.md"})
+            assert reply.status_code == 201, reply.text
+
+            async def finished() -> bool:
+                stats = (await client.get("/api/events/stats")).json()["byType"]
+                return bool(stats.get("session:completed") or stats.get("session:failed"))
+
+            with anyio.fail_after(30):
+                while not await finished():
+                    await anyio.sleep(0.05)
+            history = (await client.get("/api/events/history", params={"limit": 1000})).json()
+        events = history["events"]
+        assert {"session:started", "task:created", "agent:spawned", "phase:started",
+                "log:info", "session:completed"} <= {e["type"] for e in events}
+        for event in events:
+            errors = [e.message for e in validator.iter_errors(event)]
+            assert not errors, (event, errors)
+
+        assert len(events) < 1000
+        # Replay everything (later events, if any, follow the ones fetched above).
+        async with sse_stream(server.url, params={"history": 1000}) as stream:
+            streamed = await stream.until(lambda m: m.id == events[-1]["id"])
+        assert [m.json() for m in streamed] == events
+        assert all((m.event, m.id) == (m.json()["type"], m.json()["id"]) for m in streamed)
