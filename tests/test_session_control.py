@@ -16,6 +16,7 @@ from loki_api.sessions.process import (
     find_session_process,
     group_alive,
     process_alive,
+    recorded_exit_code,
     runs_session,
     spawn,
 )
@@ -84,7 +85,11 @@ def test_spawned_child_runs_in_its_own_group_and_is_found_by_its_session(
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait(5) == -signal.SIGKILL
-    assert not group_alive(proc.pid) and not process_alive(proc.pid)
+    deadline = time.monotonic() + 5
+    while group_alive(proc.pid):  # the launched command dies a moment after its launcher
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not process_alive(proc.pid)
     published: list[tuple[str, object]] = []
     for name, stream in (("stdout.txt", "stdout"), ("stderr.txt", "stderr")):
         OutputTail(tmp_path / name, stream).finish(  # type: ignore[arg-type]
@@ -124,3 +129,33 @@ def test_zombie_is_not_alive() -> None:
                 break
     assert not process_alive(proc.pid)
     proc.wait()
+
+
+def test_the_launcher_records_the_exit_code(tmp_path: Path) -> None:
+    proc = spawn([sys.executable, "-c", "import sys; sys.exit(7)"], cwd=tmp_path,
+                 env=dict(os.environ), output_dir=tmp_path)
+    assert proc.wait(10) == 7
+    assert recorded_exit_code(tmp_path) == 7
+
+
+def test_the_launcher_passes_sigterm_on_and_records_the_signal(tmp_path: Path) -> None:
+    script = "import time; print('up', flush=True); time.sleep(30)"
+    proc = spawn([sys.executable, "-c", script], cwd=tmp_path, env=dict(os.environ),
+                 output_dir=tmp_path)
+    deadline = time.monotonic() + 10
+    while b"up" not in (tmp_path / "stdout.txt").read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(10) == 128 + signal.SIGTERM
+    assert recorded_exit_code(tmp_path) == 128 + signal.SIGTERM
+
+
+def test_a_missing_program_is_refused_before_spawning(tmp_path: Path) -> None:
+    try:
+        spawn(["no-such-loki-binary"], cwd=tmp_path, env={"PATH": str(tmp_path)},
+              output_dir=tmp_path)
+    except FileNotFoundError:
+        pass
+    else:
+        raise AssertionError("spawn should refuse a program it cannot find")

@@ -238,6 +238,25 @@ async def test_a_restarted_server_readopts_and_can_stop_the_session(loki_dir: Pa
         await wait_for(lambda: session_status(client, session_id) == "stopped")
 
 
+async def test_no_output_line_is_lost_across_a_graceful_restart(loki_dir: Path) -> None:
+    env = {"LOKI_SIM_DELAY": "0.1"}
+    first = ServerProcess(loki_dir, "--simulate", env=env).start()
+    with api(first) as client:
+        session_id = client.post("/api/sessions", json={}).json()["sessionId"]
+    time.sleep(0.3)
+    assert first.stop(signal.SIGTERM) == 0
+    time.sleep(0.5)  # the session keeps printing while no server runs
+    with ServerProcess(loki_dir, "--simulate", env=env) as second, api(second) as client:
+        await wait_for(lambda: session_status(client, session_id) == "completed", timeout=30)
+        history = client.get("/api/events/history", params={
+            "sessionId": session_id, "types": "log:info,log:warn,log:debug", "limit": 1000})
+        messages = [e["data"]["message"] for e in history.json()["events"]]
+    stdout = (loki_dir / ".loki" / "sessions" / session_id / "stdout.txt").read_text()
+    level_lines = [line.split("] ", 2)[-1] for line in stdout.splitlines()
+                   if line.startswith("[")]
+    assert level_lines and all(line in messages for line in level_lines), (level_lines, messages)
+
+
 async def test_a_dead_session_is_marked_failed_on_restart(loki_dir: Path) -> None:
     env = {"LOKI_SIM_DELAY": "0.5"}
     first = ServerProcess(loki_dir, "--simulate", env=env).start()
@@ -251,6 +270,21 @@ async def test_a_dead_session_is_marked_failed_on_restart(loki_dir: Path) -> Non
     await wait_for(lambda: not group_alive(pid), timeout=5)
     with ServerProcess(loki_dir, "--simulate", env=env) as second, api(second) as client:
         assert session_status(client, session_id) == "failed"
+
+
+async def test_a_session_that_ended_unwatched_gets_its_real_outcome(loki_dir: Path) -> None:
+    env = {"LOKI_SIM_DELAY": "0.05", "LOKI_SIM_EXIT": "4"}
+    first = ServerProcess(loki_dir, "--simulate", env=env).start()
+    try:
+        with api(first) as client:
+            session_id = client.post("/api/sessions", json={}).json()["sessionId"]
+            pid = client.get(f"/api/sessions/{session_id}").json()["session"]["pid"]
+    finally:
+        first.stop(signal.SIGKILL)
+    await wait_for(lambda: not group_alive(pid), timeout=30)
+    with ServerProcess(loki_dir, "--simulate", env=env) as second, api(second) as client:
+        record = client.get(f"/api/sessions/{session_id}").json()["session"]
+        assert record["status"] == "failed" and record["exitCode"] == 4
 
 
 async def test_graceful_shutdown_leaves_sessions_running_unless_asked(loki_dir: Path) -> None:

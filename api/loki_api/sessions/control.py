@@ -71,10 +71,15 @@ def append_atomically(path: Path, data: bytes) -> None:
         existing = b""
     if existing and not existing.endswith(b"\n"):
         existing += b"\n"
+    write_atomically(path, existing + data)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` (temp file + rename)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as file:
-            file.write(existing + data)
+            file.write(data)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

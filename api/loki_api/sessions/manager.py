@@ -10,7 +10,8 @@ A server restart does not end sessions: children live in their own process
 group, and `supervisor.json` in the session directory remembers that this
 server started them. At start-up the manager re-adopts every such session
 whose process still runs (it keeps tailing its output and can stop it) and
-marks the others `failed` (or `stopped` when a stop was under way).
+closes the others by the exit code the launcher recorded (`completed`,
+`failed`, or `stopped` when a stop was under way; `failed` when unknown).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .process import (
     find_session_process,
     group_alive,
     process_alive,
+    recorded_exit_code,
     runs_session,
     signal_group,
     spawn,
@@ -64,25 +66,56 @@ class Supervised:
     """A session process this server watches: our child, or one re-adopted after a restart."""
 
     def __init__(self, session_id: str, directory: Path, pgid: int,
-                 proc: subprocess.Popen[bytes] | None, *, from_end: bool = False) -> None:
+                 proc: subprocess.Popen[bytes] | None, *, from_end: bool = False,
+                 offsets: dict[str, int] | None = None) -> None:
         self.id = session_id
         self.dir = directory
         self.pgid = pgid
         self.proc = proc
         self.stopping = False
-        self.tails = [OutputTail(directory / STDOUT_FILE, "stdout", from_end=from_end),
-                      OutputTail(directory / STDERR_FILE, "stderr", from_end=from_end)]
+        offsets = offsets or {}
+        self.tails = [OutputTail(directory / name, stream, from_end=from_end,  # type: ignore[arg-type]
+                                 offset=offsets.get(name))
+                      for name, stream in ((STDOUT_FILE, "stdout"), (STDERR_FILE, "stderr"))]
         self.done = anyio.Event()
+
+    def save_offsets(self) -> None:
+        """Remember how far the output was published, for the next server to go on from."""
+        path = self.dir / SUPERVISOR_FILE
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            doc = {}
+        doc["offsets"] = {tail.path.name: tail.position for tail in self.tails
+                          if tail.position is not None}
+        control.write_atomically(path, json.dumps(doc).encode())
 
     def exited(self) -> tuple[bool, int | None]:
         """(has the process ended, its exit code when known)."""
         if self.proc is not None:
             code = self.proc.poll()  # also reaps it: no zombie
             return (False, None) if code is None else (True, exit_status(code))
-        return (not process_alive(self.pgid), None)
+        if process_alive(self.pgid):
+            return (False, None)
+        return (True, recorded_exit_code(self.dir))
 
     def leader_running(self) -> bool:
         return not self.exited()[0]
+
+
+def saved_offsets(directory: Path) -> dict[str, int]:
+    """Output offsets a previous server saved, consumed so they are used once."""
+    path = directory / SUPERVISOR_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    offsets = doc.pop("offsets", None) if isinstance(doc, dict) else None
+    if offsets is None:
+        return {}
+    control.write_atomically(path, json.dumps(doc).encode())
+    return {name: value for name, value in offsets.items()
+            if isinstance(name, str) and isinstance(value, int) and value >= 0}
 
 
 class SessionManager:
@@ -133,6 +166,7 @@ class SessionManager:
                 self._drain(sup)
                 self._finished(sup, code)
             else:
+                sup.save_offsets()
                 for tail in sup.tails:
                     tail.close()
                 log.info("session %s keeps running (pid %d) after the server exits",
@@ -150,12 +184,18 @@ class SessionManager:
             pid = pid or find_session_process(state.id)
             self.store.adopt(state.id)
             if pid is None:
-                status = "stopped" if record.status == "stopping" else "failed"
-                log.warning("session %s: its process is gone; marking it %s", state.id, status)
-                self.store.update_record(state.id, status=status)
+                code = recorded_exit_code(state.dir)
+                status = ("stopped" if record.status == "stopping" or
+                          control.stop_requested(state.dir)
+                          else "completed" if code == 0 else "failed")
+                log.warning("session %s ended while no server watched it (exit code %s): %s",
+                            state.id, code, status)
+                self.store.update_record(state.id, status=status, exit_code=code)
                 continue
             log.info("re-adopting session %s (pid %d)", state.id, pid)
-            sup = Supervised(state.id, state.dir, pid, None, from_end=True)
+            # Go on from where a graceful predecessor stopped publishing, else from now.
+            sup = Supervised(state.id, state.dir, pid, None, from_end=True,
+                             offsets=saved_offsets(state.dir))
             if record.pid != pid:
                 self.store.update_record(state.id, pid=pid)
             self._watch(sup)

@@ -192,6 +192,11 @@ class LineSplitter:
                 self._discarding = True
         return lines
 
+    @property
+    def pending(self) -> int:
+        """Bytes held back as the start of an unfinished line."""
+        return len(self._partial)
+
     def finish(self) -> list[str]:
         """The unterminated last line, if any; the splitter is reset."""
         partial, self._partial, self._discarding = self._partial, b"", False

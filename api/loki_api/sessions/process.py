@@ -12,8 +12,12 @@ re-adopted session keeps streaming its output after a restart.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,6 +27,7 @@ from .output import LineSplitter, Stream, parse_line
 
 STDOUT_FILE = "stdout.txt"
 STDERR_FILE = "stderr.txt"
+EXIT_FILE = "exit.json"
 READ_CHUNK = 256 * 1024
 
 Publish = Callable[[str, Model], object]
@@ -30,13 +35,40 @@ Publish = Callable[[str, Model], object]
 
 def spawn(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
           output_dir: Path) -> subprocess.Popen[bytes]:
-    """Start `argv` (never through a shell) in a new session / process group."""
+    """Start `argv` (never through a shell) in a new session / process group.
+
+    It runs under `launcher`, which records its exit code in `exit.json`.
+    Raises FileNotFoundError when `argv[0]` cannot be found.
+    """
+    if find_executable(argv[0], cwd, env) is None:
+        raise FileNotFoundError(2, "No such executable file", argv[0])
     output_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        (output_dir / EXIT_FILE).unlink()
+    launcher = [sys.executable, "-m", "loki_api.sessions.launcher", str(output_dir / EXIT_FILE)]
     with open(output_dir / STDOUT_FILE, "ab") as out, open(output_dir / STDERR_FILE, "ab") as err:
         return subprocess.Popen(
-            list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
+            [*launcher, *argv], cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
             stderr=err, start_new_session=True, close_fds=True,
         )
+
+
+def find_executable(program: str, cwd: Path, env: Mapping[str, str]) -> str | None:
+    """Where `program` is, the way exec would find it (a path, or a name on PATH)."""
+    if os.sep in program:
+        path = Path(program) if os.path.isabs(program) else cwd / program
+        return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+    return shutil.which(program, path=env.get("PATH", os.defpath))
+
+
+def recorded_exit_code(directory: Path) -> int | None:
+    """The exit code the launcher recorded for a session, if it did."""
+    try:
+        doc = json.loads((directory / EXIT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    code = doc.get("exitCode") if isinstance(doc, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
 def exit_status(returncode: int) -> int:
@@ -47,7 +79,9 @@ def exit_status(returncode: int) -> int:
 class OutputTail:
     """Follows one output file from an offset, turning new lines into events."""
 
-    def __init__(self, path: Path, stream: Stream, *, from_end: bool = False) -> None:
+    def __init__(self, path: Path, stream: Stream, *, from_end: bool = False,
+                 offset: int | None = None) -> None:
+        """Follow `path` from its start, its end (`from_end`) or a byte `offset`."""
         self.path = path
         self.stream = stream
         self.splitter = LineSplitter()
@@ -55,7 +89,9 @@ class OutputTail:
         self._file = None
         try:
             self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
-            if from_end:
+            if offset is not None:
+                self._file.seek(min(offset, os.fstat(self._file.fileno()).st_size))
+            elif from_end:
                 self._file.seek(0, os.SEEK_END)
         except OSError:
             self._file = None
@@ -73,6 +109,13 @@ class OutputTail:
             self._emit(self.splitter.feed(chunk), publish)
             if len(chunk) < READ_CHUNK:
                 return got
+
+    @property
+    def position(self) -> int | None:
+        """The offset of the first byte not yet published (None when not open)."""
+        if self._file is None:
+            return None
+        return self._file.tell() - self.splitter.pending
 
     def finish(self, publish: Publish) -> None:
         """Drain what is left, including a last line without a newline, and close."""
