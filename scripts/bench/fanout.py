@@ -341,8 +341,8 @@ def main() -> int:
     parser.add_argument("--no-paced", action="store_true", help="skip the paced latency runs")
     parser.add_argument("--no-burst", action="store_true", help="skip the burst runs")
     parser.add_argument("--profile", type=Path,
-                        help="py-spy the server during the first burst at the largest N; "
-                             "raw stacks and a summary go to this directory")
+                        help="py-spy the server during the first burst and paced run at the "
+                             "largest N; raw stacks go to this directory")
     args = parser.parse_args()
     check_url_args(args)
     raise_fd_limit()
@@ -370,9 +370,9 @@ def main() -> int:
                 for run in range(args.runs):
                     for target in targets:
                         profile = None
-                        if (args.profile and mode == "burst" and run == 0
-                                and target.name == "ours" and subs == max(counts)):
-                            profile = args.profile / f"fanout-{subs}.raw.txt"
+                        if (args.profile and run == 0 and target.name == "ours"
+                                and subs == max(counts)):
+                            profile = args.profile / f"fanout-{mode}-{subs}.raw.txt"
                         result = run_once(target, subs, lines, rate, args.clients, profile)
                         result.update(target=target.name, mode=mode, run=run + 1)
                         runs.append(result)
@@ -386,11 +386,12 @@ def main() -> int:
             server.stop()
     summary = summarise_runs(runs, counts, [t.name for t in targets])
     if args.profile:
-        for subs in counts:
-            raw = args.profile / f"fanout-{subs}.raw.txt"
+        for mode, _, _ in modes:
+            raw = args.profile / f"fanout-{mode}-{max(counts)}.raw.txt"
             if raw.exists():
                 spots = hot_spots(raw)
-                summary.append({"profile": str(raw), "hot_spots": spots})
+                summary.append({"profile": str(raw), "mode": mode, "hot_spots": spots})
+                print(f"\n== {mode}, {max(counts)} subscribers")
                 print_hot_spots(spots)
     write_json(args.json, "fanout", {"summary": summary, "runs": runs})
     return 0

@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import sys
+import tempfile
 import time
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,8 +45,10 @@ from _common import (
     write_json,
 )
 
+HERE = Path(__file__).resolve().parent
 
-async def hold(conn: Connection, url: str, count: int) -> dict[str, Any]:
+
+async def hold(conn: Connection, url: str, path: str, count: int) -> dict[str, Any]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     gate = asyncio.Semaphore(250)
@@ -58,7 +62,7 @@ async def hold(conn: Connection, url: str, count: int) -> dict[str, Any]:
 
     async def one(i: int) -> None:
         async with gate:
-            protos.append(await open_sse(host, port, "/api/events", counter(i), timeout=60))
+            protos.append(await open_sse(host, port, path, counter(i), timeout=60))
 
     results = await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
@@ -72,11 +76,11 @@ async def hold(conn: Connection, url: str, count: int) -> dict[str, Any]:
     return {"frames_while_idle": sum(frames) - start_frames, "closed_early": closed_early}
 
 
-def client_main(conn: Connection, url: str, count: int) -> None:
+def client_main(conn: Connection, url: str, path: str, count: int) -> None:
     raise_fd_limit()
     loop = new_event_loop()
     try:
-        conn.send(("result", loop.run_until_complete(hold(conn, url, count))))
+        conn.send(("result", loop.run_until_complete(hold(conn, url, path, count))))
     except Exception as exc:  # noqa: BLE001 - reported to the parent
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -84,7 +88,7 @@ def client_main(conn: Connection, url: str, count: int) -> None:
 
 
 def measure(server: Server, streams: int, window: float, keepalive: float,
-            processes: int) -> dict[str, Any]:
+            processes: int, path: str = "/api/events") -> dict[str, Any]:
     pid = server.pid
     time.sleep(1.0)  # let start-up settle
     rss_before = rss_kib(pid) if pid else 0
@@ -99,7 +103,7 @@ def measure(server: Server, streams: int, window: float, keepalive: float,
     began = time.monotonic()
     for share in shares:
         parent_end, child_end = ctx.Pipe()
-        child = ctx.Process(target=client_main, args=(child_end, server.url, share))
+        child = ctx.Process(target=client_main, args=(child_end, server.url, path, share))
         child.start()
         pipes.append(parent_end)
         children.append(child)
@@ -164,6 +168,9 @@ def main() -> int:
     parser.add_argument("--keepalive", type=float, default=1.0,
                         help="keep-alive interval of the server (set on servers we start)")
     parser.add_argument("--clients", type=int, default=2, help="client processes")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also measure RSS per stream of the minimal uvicorn SSE app "
+                             "(baseline_server.py, no keep-alives) for comparison")
     args = parser.parse_args()
     check_url_args(args)
     limit = raise_fd_limit()
@@ -178,14 +185,27 @@ def main() -> int:
             if not server.pid:
                 print("no --pid: RSS and CPU are not measured", file=sys.stderr)
             result = measure(server, streams, args.window, args.keepalive, args.clients)
+        result["target"] = "ours"
         results.append(result)
         print(f"  K={streams}: " + ", ".join(f"{k}={v}" for k, v in result.items()
                                             if k != "streams"), flush=True)
+        if args.baseline:
+            loki_dir = Path(tempfile.mkdtemp(prefix="loki-idle-base-")) / "project"
+            base = Server([sys.executable, str(HERE / "baseline_server.py"), "--cli", "true"],
+                          loki_dir)
+            with base:
+                result = measure(base, streams, 2.0, args.keepalive, args.clients, "/events")
+            result.update(target="baseline", cpu_ms_per_round=None, core_pct_at_15s=None)
+            results.append(result)
+            print(f"  baseline K={streams}: kib_per_stream={result['kib_per_stream']}",
+                  flush=True)
     print_table(f"idle streams (keep-alive every {args.keepalive:g} s, window {args.window:g} s)",
-                ["streams", "opened", "KB/stream", "ms CPU/round", "% core @15s",
+                ["target", "streams", "opened", "KB/stream", "ms CPU/round", "% core @15s",
                  "pings/stream"],
-                [[r["streams"], r["opened"], r["kib_per_stream"], r["cpu_ms_per_round"],
-                  r["core_pct_at_15s"], r["pings_per_stream"]] for r in results])
+                [[r["target"], r["streams"], r["opened"], r["kib_per_stream"],
+                  r["cpu_ms_per_round"] if r["cpu_ms_per_round"] is not None else "-",
+                  r["core_pct_at_15s"] if r["core_pct_at_15s"] is not None else "-",
+                  r["pings_per_stream"]] for r in results])
     write_json(args.json, "idle_streams", results)
     return 0
 
