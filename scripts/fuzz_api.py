@@ -7,10 +7,11 @@
 Starts `python -m loki_api serve --simulate --port 0` on 127.0.0.1 with a
 throw-away `--loki-dir`, loads `/openapi.json` from it, and runs schemathesis'
 examples, coverage, fuzzing and stateful (following the document's links,
-e.g. start a session, then pause/stop it) phases against every operation except
-the endless `/api/events` stream. A case fails on a 5xx, a status code the
-document does not list, a wrong content type, a body that breaks its schema,
-or a method the path does not serve that is not a 405 with a true `Allow`.
+e.g. start a session, then pause/stop it) phases against every REST operation,
+then a short pass over `/api/events`, each stream read for at most a second.
+A case fails on a 5xx, a status code the document does not list, a wrong
+content type, a body (or stream message) that breaks its schema, or a method
+the path does not serve that is not a 405 with a true `Allow`.
 Exit code: schemathesis' (0 when nothing failed), or 2 when the
 server did not start.
 """
@@ -93,16 +94,25 @@ class Server:
             self.proc.wait()
 
 
-def schemathesis_command(url: str, args: argparse.Namespace, extra: list[str]) -> list[str]:
+def schemathesis_command(url: str, args: argparse.Namespace, extra: list[str], *,
+                         stream: bool) -> list[str]:
+    """The REST pass (every operation but the stream), or the stream pass.
+
+    The stream never ends by itself: schemathesis reads a `text/event-stream` until
+    20 events arrive or the request timeout passes, so the stream pass uses a short
+    timeout and no stateful phase (no links lead to the stream).
+    """
+    scope = (["--include-path", "/api/events", "--phases", "examples,coverage,fuzzing",
+              "--max-examples", str(args.stream_examples), "--request-timeout", "1"]
+             if stream else
+             ["--exclude-path", "/api/events", "--phases", "examples,coverage,fuzzing,stateful",
+              "--max-examples", str(args.max_examples), "--request-timeout", "10"])
     return [
         sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json",
         "--url", url,
         "--checks", CHECKS,
-        "--phases", "examples,coverage,fuzzing,stateful",
-        "--max-examples", str(args.max_examples),
-        "--exclude-path", "/api/events",
+        *scope,
         "--workers", str(args.workers),
-        "--request-timeout", "10",
         "--generation-database", "none",
         "--no-color",
         *(["--seed", str(args.seed)] if args.seed is not None else []),
@@ -133,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="fuzz this running server instead of starting one")
     parser.add_argument("--max-examples", type=int, default=25,
                         help="cases per operation in the fuzzing phase (25)")
+    parser.add_argument("--stream-examples", type=int, default=5,
+                        help="cases for /api/events, each read for up to 1 s (5)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int)
     args, extra = parser.parse_known_args(argv)
@@ -154,8 +166,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             print(f"fuzz: server at {url}, loki dir {loki_dir}", flush=True)
         try:
-            code = subprocess.call(schemathesis_command(url, args, extra), cwd=work)
+            # REST first: the sessions it starts fill the history the stream pass replays.
+            code = subprocess.call(schemathesis_command(url, args, extra, stream=False), cwd=work)
             print_event_counts(url)
+            print("fuzz: the event stream", flush=True)
+            code = subprocess.call(schemathesis_command(url, args, extra, stream=True),
+                                   cwd=work) or code
         finally:
             if server is not None:
                 server.stop()

@@ -168,7 +168,6 @@ def describe_stream(paths: dict[str, Any]) -> None:
         "field is the JSON envelope (`AnyEvent`; `Event_<domain>_<action>` per type):\n\n"
         "| event | data |\n|---|---|\n" + rows + "\n"
     )
-    ok["content"]["text/event-stream"]["x-event-schema"] = ref("AnyEvent")
 
 
 def build_document() -> dict[str, Any]:
