@@ -29,9 +29,9 @@ def test_phase_repeats_are_dropped_but_reentry_is_not() -> None:
     a = Announcements()
     started = PhaseEventData(phase="planning")
     assert a.admit("phase:started", started)
-    assert not a.admit("phase:started", started)
+    assert None is a.admit("phase:started", started)
     assert a.admit("phase:completed", started)
-    assert not a.admit("phase:completed", started)
+    assert None is a.admit("phase:completed", started)
     assert a.admit("phase:started", PhaseEventData(phase="development"))
     assert a.admit("phase:started", started)  # planning entered again
     assert a.admit("phase:completed", started)
@@ -40,26 +40,26 @@ def test_phase_repeats_are_dropped_but_reentry_is_not() -> None:
 def test_task_events_once_per_fact() -> None:
     a = Announcements()
     assert a.admit(*task("task:created", status="pending"))
-    assert not a.admit(*task("task:created", status="pending"))
+    assert None is a.admit(*task("task:created", status="pending"))
     assert a.admit(*task("task:started"))
-    assert not a.admit(*task("task:started"))
+    assert None is a.admit(*task("task:started"))
     assert a.admit(*task("task:progress", progress=0.5))
-    assert not a.admit(*task("task:progress", progress=0.5))
+    assert None is a.admit(*task("task:progress", progress=0.5))
     assert a.admit(*task("task:progress", progress=0.7))
     assert a.admit(*task("task:completed", status="completed"))
-    assert not a.admit(*task("task:completed", status="completed"))
+    assert None is a.admit(*task("task:completed", status="completed"))
     assert a.admit(*task("task:started", task_id="t2"))
-    assert not a.admit(*task("task:created", task_id="t2"))  # known by now
+    assert None is a.admit(*task("task:created", task_id="t2"))  # known by now
 
 
 def test_agents_once_and_output_always() -> None:
     a = Announcements()
     spawned = AgentEventData(agent_id="a1", type="dev")
     assert a.admit("agent:spawned", spawned)
-    assert not a.admit("agent:spawned", spawned)
+    assert None is a.admit("agent:spawned", spawned)
     assert a.admit("agent:output", spawned) and a.admit("agent:output", spawned)
     assert a.admit("agent:completed", spawned)
-    assert not a.admit("agent:failed", spawned)
+    assert None is a.admit("agent:failed", spawned)
     assert a.admit("log:info", LogEventData(level="info", message="x"))
 
 
@@ -100,3 +100,19 @@ def test_file_then_output_publishes_once(tmp_path: Path) -> None:
     assert events.types() == ["log:info"]
     store.report("other", "log:warn", LogEventData(level="warn", message="no session yet"))
     assert events.types() == ["log:warn"]
+
+
+def test_a_spawn_line_without_an_id_and_the_agents_file_are_one_agent() -> None:
+    line = AgentEventData(agent_id="developer", type="developer")  # "Spawning developer agent"
+    named = AgentEventData(agent_id="agent-001", type="developer", task="t1")
+    a = Announcements()
+    assert a.admit("agent:spawned", line)  # the line came first
+    assert None is a.admit("agent:spawned", named)  # the file names the same agent
+    ended = a.admit("agent:completed", named)
+    assert ended is not None and ended.agent_id == "developer"  # the id subscribers know
+    b = Announcements()
+    assert b.admit("agent:spawned", named)  # the file came first
+    assert None is b.admit("agent:spawned", line)
+    assert b.admit("agent:completed", named)
+    assert b.admit("agent:spawned", line)  # a new developer once the first has finished
+    assert None is b.admit("agent:spawned", AgentEventData(agent_id="agent-002", type="developer"))

@@ -28,8 +28,11 @@ def runtime(tmp_path: Path) -> Runtime:
 async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(runtime.settings, runtime)
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8420") as c:
-        yield c
+    # ASGITransport does not run the lifespan: run the runtime (watcher included) around it.
+    async with runtime.run():
+        async with httpx.AsyncClient(transport=transport,
+                                     base_url="http://127.0.0.1:8420") as c:
+            yield c
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict:

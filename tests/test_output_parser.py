@@ -83,6 +83,10 @@ def test_phase_lines(line: str, phase: str) -> None:
 def test_agent_line() -> None:
     assert parse_line("Spawning code reviewer agent") == (
         "agent:spawned", AgentEventData(agent_id="code-reviewer", type="code reviewer"))
+    assert parse_line("Spawning developer agent (agent-007)") == (
+        "agent:spawned", AgentEventData(agent_id="agent-007", type="developer"))
+    assert parse_line("Spawning developer agent for task 3") == (
+        "agent:spawned", AgentEventData(agent_id="developer", type="developer"))
 
 
 def test_plain_lines_depend_on_the_stream() -> None:

@@ -41,7 +41,8 @@ class Runtime:
         self.checks: dict[str, Check] = {"stateDir": self.state_dir_writable}
         self.store = StateStore(settings, self.bus)
         self.sessions = SessionManager(settings, self.store, self.bus)
-        self.watcher = StateWatcher(settings, self.store, self.bus)
+        self.watcher = StateWatcher(settings, self.store, self.bus,
+                                    on_output=self.sessions.wake)
         self.add_check("watcher", self.watcher.problem)
 
     @property

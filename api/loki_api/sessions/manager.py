@@ -60,6 +60,8 @@ ACTIVE_STATUSES = frozenset({"starting", "running", "paused", "stopping"})
 INPUT_STATUSES = frozenset({"starting", "running", "paused"})
 # How often an idle session's output files and process are checked.
 POLL_INTERVAL = 0.02
+# How often, while output flows, the read position is saved for a successor server.
+OFFSET_SAVE_INTERVAL = 0.5
 
 
 class Supervised:
@@ -78,6 +80,18 @@ class Supervised:
                                  offset=offsets.get(name))
                       for name, stream in ((STDOUT_FILE, "stdout"), (STDERR_FILE, "stderr"))]
         self.done = anyio.Event()
+        # Set when the watcher sees the output files change: read now, not at the next poll.
+        self.wakeup = anyio.Event()
+        self.offsets_saved_at = 0.0
+
+    def wake(self) -> None:
+        self.wakeup.set()
+
+    async def idle(self) -> None:
+        """Wait until the output files change, or at most one poll interval."""
+        with anyio.move_on_after(POLL_INTERVAL):
+            await self.wakeup.wait()
+        self.wakeup = anyio.Event()
 
     def save_offsets(self) -> None:
         """Remember how far the output was published, for the next server to go on from."""
@@ -89,6 +103,7 @@ class Supervised:
         doc["offsets"] = {tail.path.name: tail.position for tail in self.tails
                           if tail.position is not None}
         control.write_atomically(path, json.dumps(doc).encode())
+        self.offsets_saved_at = time.monotonic()
 
     def exited(self) -> tuple[bool, int | None]:
         """(has the process ended, its exit code when known)."""
@@ -184,6 +199,13 @@ class SessionManager:
             pid = pid or find_session_process(state.id)
             self.store.adopt(state.id)
             if pid is None:
+                offsets = saved_offsets(state.dir)
+                if offsets:
+                    # Publish what it printed after the last saved position, before it ended.
+                    ended = Supervised(state.id, state.dir, 0, None, offsets=offsets)
+                    self._drain(ended)
+                    for tail in ended.tails:
+                        tail.close()
                 code = recorded_exit_code(state.dir)
                 status = ("stopped" if record.status == "stopping" or
                           control.stop_requested(state.dir)
@@ -235,6 +257,7 @@ class SessionManager:
             json.dumps({"pid": proc.pid, "server": os.getpid(), "argv": argv}))
         log.info("session %s started: pid %d: %s", session_id, proc.pid, " ".join(argv))
         sup = Supervised(session_id, state.dir, proc.pid, proc)
+        sup.save_offsets()  # a successor after SIGKILL reads from here, not from the end
         self._watch(sup)
         if timeout is not None:
             self._tg.start_soon(self._stop_after, sup, timeout)
@@ -365,8 +388,15 @@ class SessionManager:
             log.warning("session %s: still alive %.1fs after SIGTERM; sent SIGKILL",
                         sup.id, self.settings.stop_grace)
 
+    def wake(self, session_id: str) -> None:
+        """The session's output files changed (called by the watcher): read them now."""
+        sup = self._supervised.get(session_id)
+        if sup is not None:
+            sup.wake()
+
     async def _supervise(self, sup: Supervised) -> None:
-        publish = partial(self.bus.publish, session_id=sup.id)
+        # Through the store, so a fact also reported by a state file is published once.
+        publish = partial(self.store.report, sup.id)
         tails = sup.tails
         try:
             while True:
@@ -374,12 +404,16 @@ class SessionManager:
                 for tail in tails:
                     got = tail.pump(publish) or got
                 if got:
+                    if time.monotonic() - sup.offsets_saved_at > OFFSET_SAVE_INTERVAL:
+                        # A server killed with SIGKILL resumes from here: at worst a
+                        # fraction of a second of lines is published again, none lost.
+                        sup.save_offsets()
                     await anyio.sleep(0)  # let the streams write before the next chunk
                     continue
                 exited, code = sup.exited()
                 if exited:
                     break
-                await anyio.sleep(POLL_INTERVAL)
+                await sup.idle()
             self._drain(sup)
             self._finished(sup, code)
         finally:
@@ -387,7 +421,7 @@ class SessionManager:
                 tail.close()
 
     def _drain(self, sup: Supervised) -> None:
-        publish = partial(self.bus.publish, session_id=sup.id)
+        publish = partial(self.store.report, sup.id)
         for tail in sup.tails:
             tail.finish(publish)
 

@@ -33,7 +33,8 @@ _LEVEL_LINE = re.compile(
     r"\[(debug|info|warn|warning|error)\]\s*(?:\[([^\]]*)\]\s*)?(.*)", re.IGNORECASE | re.DOTALL
 )
 _PHASE_LINE = re.compile(r"(?:Starting|Entering|Beginning)\s+(.+?)\s+phase\b", re.IGNORECASE)
-_AGENT_LINE = re.compile(r"Spawning\s+(.+?)\s+agent\b", re.IGNORECASE)
+# `Spawning developer agent`, optionally naming the agent: `... agent (agent-001)`.
+_AGENT_LINE = re.compile(r"Spawning\s+(.+?)\s+agent\b(?:\s*\(([^()\s]+)\))?", re.IGNORECASE)
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "warning": "warn", "error": "error"}
 _json_decode = msgspec.json.Decoder().decode
@@ -64,7 +65,8 @@ def parse_line(line: str, stream: Stream = "stdout") -> Parsed | None:
         match = _AGENT_LINE.match(line)
         if match is not None:
             agent_type = match.group(1)
-            return "agent:spawned", AgentEventData(agent_id=_slug(agent_type), type=agent_type)
+            agent_id = match.group(2) or unnamed_agent_id(agent_type)
+            return "agent:spawned", AgentEventData(agent_id=agent_id, type=agent_type)
     if stream == "stderr":
         return "log:error", LogEventData(level="error", message=line, source="stderr")
     return "log:info", LogEventData(level="info", message=line)
@@ -135,7 +137,7 @@ def _short_task(data: dict[str, Any]) -> Parsed:
 def _short_agent(data: dict[str, Any]) -> Parsed:
     agent_type = _text(data, "type", "agentType", "role") or "unknown"
     return "agent:spawned", AgentEventData(
-        agent_id=_text(data, "agentId", "id") or _slug(agent_type), type=agent_type,
+        agent_id=_text(data, "agentId", "id") or unnamed_agent_id(agent_type), type=agent_type,
         model=_text(data, "model"), task=_text(data, "task"))
 
 
@@ -147,7 +149,8 @@ _SHORT_FORMS = {"phase": _short_phase, "task": _short_task, "agent": _short_agen
                 "input_requested": _short_input}
 
 
-def _slug(text: str) -> str:
+def unnamed_agent_id(text: str) -> str:
+    """The id given to an agent whose spawn line names none: its type, slugged."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "agent"
 
 

@@ -136,7 +136,7 @@ class Simulation:
             self.write_phase(progress=round((n + 1) / len(self.tasks), 3))
 
         self.enter_phase("testing", "Beginning testing phase")
-        self.out("Spawning tester agent")
+        self.out("Spawning tester agent")  # the unnamed form of the line
         tester = self.spawn_agent("tester", None)
         self.out("[WARN] [tester] 1 flaky test retried")
         self.step()
@@ -154,8 +154,9 @@ class Simulation:
         self.step()
 
     def run_task(self, task: SimTask) -> None:
-        self.out("Spawning developer agent")
         agent = self.spawn_agent("developer", task.id)
+        # Named, so the server can tell this line and agents.json speak of one agent.
+        self.out(f"Spawning developer agent ({agent['id']})")
         task.status = "in_progress"
         self.write_tasks()
         self.event("task", {"id": task.id, "title": task.title, "status": "running"})

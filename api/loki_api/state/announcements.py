@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from ..models import AgentEventData, PhaseEventData, TaskEventData
+from ..sessions.output import unnamed_agent_id
 
 
 class Announcements:
     __slots__ = ("phase_started", "phase_ended", "task_created", "task_status",
-                 "task_progress", "agent_spawned", "agent_ended")
+                 "task_progress", "agent_spawned", "agent_ended", "active_types", "unnamed",
+                 "aliases")
 
     def __init__(self) -> None:
         self.phase_started: str | None = None
@@ -25,16 +29,29 @@ class Announcements:
         self.task_progress: dict[str, float | None] = {}
         self.agent_spawned: set[str] = set()
         self.agent_ended: set[str] = set()
+        self.active_types: dict[str, str] = {}  # agent id -> type, while it runs
+        # Spawns announced from a `Spawning <type> agent` line, which names no id,
+        # not yet matched with the agent the state files name: type -> count.
+        self.unnamed: dict[str, int] = {}
+        # Named agent id -> the unnamed id it was first announced under, so its end
+        # is published under the id subscribers know.
+        self.aliases: dict[str, str] = {}
 
-    def admit(self, event_type: str, data: Any) -> bool:
-        """True when this event says something new (and remember it); False for a repeat."""
+    def admit(self, event_type: str, data: Any) -> Any | None:
+        """The data to publish when this event says something new (and remember it),
+        None for a repeat."""
         if isinstance(data, PhaseEventData):
-            return self._phase(event_type, data.phase)
-        if isinstance(data, TaskEventData):
-            return self._task(event_type, data)
-        if isinstance(data, AgentEventData) and event_type != "agent:output":
-            return self._agent(event_type, data.agent_id)
-        return True
+            new = self._phase(event_type, data.phase)
+        elif isinstance(data, TaskEventData):
+            new = self._task(event_type, data)
+        elif isinstance(data, AgentEventData) and event_type != "agent:output":
+            new = self._agent(event_type, data)
+            alias = self.aliases.get(data.agent_id)
+            if new and alias is not None and event_type != "agent:spawned":
+                return msgspec.structs.replace(data, agent_id=alias)
+        else:
+            new = True
+        return data if new else None
 
     def _phase(self, event_type: str, phase: str) -> bool:
         if event_type == "phase:started":
@@ -68,14 +85,28 @@ class Announcements:
         self.task_created.add(task_id)
         return True
 
-    def _agent(self, event_type: str, agent_id: str) -> bool:
+    def _agent(self, event_type: str, data: AgentEventData) -> bool:
+        agent_id, agent_type = data.agent_id, data.type
         if event_type == "agent:spawned":
             if agent_id in self.agent_spawned:
                 return False
+            if agent_id == unnamed_agent_id(agent_type):
+                # A spawn line without an id: the same agent as a running one of its type?
+                if agent_type in self.active_types.values():
+                    return False
+                self.unnamed[agent_type] = self.unnamed.get(agent_type, 0) + 1
+                return True
             self.agent_spawned.add(agent_id)
+            self.active_types[agent_id] = agent_type
+            if self.unnamed.get(agent_type):
+                self.unnamed[agent_type] -= 1  # announced already, by its spawn line
+                self.aliases[agent_id] = unnamed_agent_id(agent_type)
+                return False
             return True
+        self.active_types.pop(agent_id, None)
         if agent_id in self.agent_ended:
             return False
         self.agent_ended.add(agent_id)
         self.agent_spawned.add(agent_id)
         return True
+

@@ -434,13 +434,16 @@ class StateStore:
                 if state.last_event == event_type:
                     return
                 state.last_event = event_type
-            elif not state.announced.admit(event_type, data):
-                return
+            else:
+                data = state.announced.admit(event_type, data)
+                if data is None:
+                    return
         self.bus.publish(event_type, data, session_id)
 
     def _publish(self, state: SessionState, changes: list[Change]) -> None:
         state.last_event = diff.last_session_event(changes, state.last_event)
         admit = state.announced.admit
         for event_type, data in changes:
-            if admit(event_type, data):
-                self.bus.publish(event_type, data, state.id)
+            news = admit(event_type, data)
+            if news is not None:
+                self.bus.publish(event_type, news, state.id)

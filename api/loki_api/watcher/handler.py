@@ -24,8 +24,12 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 
+from ..sessions.process import STDERR_FILE, STDOUT_FILE
 from ..state.documents import SESSION_FILES, STATE_FILE
 from .logtail import LOG_SUFFIX
+
+# The child's output copies; a change wakes the session's supervisor.
+OUTPUT_FILES = frozenset({STDOUT_FILE, STDERR_FILE})
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,7 @@ class PathFilter:
     - `<state>/state.json`
     - `<sessions>/<id>` directories (appearing, disappearing)
     - `<sessions>/<id>/{session,tasks,phase,agents}.json` and `<sessions>/<id>/*.log`
+    - `<sessions>/<id>/stdout.txt|stderr.txt` (the child's output: wakes its supervisor)
 
     Temp files of atomic writes, the session output copy and everything else
     are ignored; a rename is seen through its destination.
@@ -61,7 +66,8 @@ class PathFilter:
             return True
         if os.path.dirname(parent) != self.sessions_dir:
             return False
-        return name in self.session_files or name.endswith(LOG_SUFFIX)
+        return (name in self.session_files or name.endswith(LOG_SUFFIX)
+                or name in OUTPUT_FILES)
 
 
 class HandOff(FileSystemEventHandler):

@@ -35,7 +35,7 @@ from watchdog.observers.api import BaseObserver
 from ..bus import EventBus
 from ..settings import Settings
 from ..state.store import StateStore
-from .handler import EVENT_FILTER, HandOff, PathFilter
+from .handler import EVENT_FILTER, OUTPUT_FILES, HandOff, PathFilter
 from .logtail import LOG_SUFFIX, LogTailer
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,11 @@ class StateWatcher:
     """Watches `.loki/` and feeds the store and the log tailer."""
 
     def __init__(self, settings: Settings, store: StateStore, bus: EventBus, *,
-                 check_interval: float = 0.5) -> None:
+                 check_interval: float = 0.5,
+                 on_output: Callable[[str], None] | None = None) -> None:
         self.settings = settings
+        # Told the session id when a session's output copy grows (the supervisor reads it).
+        self.on_output = on_output
         self.store = store
         self.sessions_dir = settings.sessions_dir
         self.tailer = LogTailer(settings.sessions_dir, bus.publish)
@@ -230,8 +233,13 @@ class StateWatcher:
 
     def _process(self, path: str) -> bool:
         target = Path(path)
-        if path.endswith(LOG_SUFFIX) and target.parent.parent == self.sessions_dir:
-            return self.tailer.poll(target)
+        if target.parent.parent == self.sessions_dir:
+            if path.endswith(LOG_SUFFIX):
+                return self.tailer.poll(target)
+            if target.name in OUTPUT_FILES:
+                if self.on_output is not None:
+                    self.on_output(target.parent.name)
+                return False
         self.store.apply_file(target)
         if target.parent == self.sessions_dir:
             self._session_dir_changed(target)
