@@ -7,8 +7,8 @@ A session directory `<loki-dir>/.loki/sessions/bench_watch/` with
 `session.json` and `tasks.json` is created before the server starts. A
 subscriber follows `/api/events?sessionId=bench_watch&types=task:progress,...`;
 then each write changes the task's `progress` (and every 25th write its
-`status`, running ↔ pending... back to running) and waits for the event carrying that
-value. Writes alternate between in place (truncate + write) and atomic (temp
+`status`: running → completed → running) and waits for the task event carrying
+that progress value. Writes alternate between in place (truncate + write) and atomic (temp
 file + rename). Latency = receive wall clock - wall clock just before the
 write began. A write whose event does not come within 2 s counts as missed.
 Writes are sequential with `--gap-ms` between an event and the next write, so
@@ -127,7 +127,9 @@ async def run(url: str, loki_dir: Path, writes: int, runs: int, gap: float) -> l
             for i in range(writes):
                 counter += 1
                 value = counter / 1e6
-                status = "pending" if counter % 25 == 0 else "running"
+                # Every 25th write completes the task (task:completed) and the next
+                # one restarts it (task:started); the rest are task:progress.
+                status = "completed" if counter % 25 == 0 else "running"
                 data = json.dumps({"tasks": [task(value, status)]}).encode()
                 started = time.time_ns()
                 write(path, data, atomic=i % 2 == 1)
