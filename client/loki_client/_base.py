@@ -285,17 +285,27 @@ class _EventIds(msgspec.Struct):
     events: list[_EventId]
 
 
-def latest_event_id() -> Call[str]:
-    """The id of the newest event the server holds (`evt_0_0` when it holds none).
+def stream_anchor(filter_params: Params, history: int) -> Call[str]:
+    """Where a stream resumes if its first connection drops before any event arrived.
 
-    A stream resumes from here if its first connection drops before any event
-    arrived, so it does not miss what was published while it reconnected.
+    With `history=0` it is the newest matching event the server holds; with
+    `history=N`, the id just before the oldest of the last N matching events, so a
+    resumed first connection still replays them. `evt_0_0` (before everything)
+    when nothing matches yet. Only the seq of an id matters to the server.
     """
     def decode(content: bytes) -> str:
         events = decode_json(content, _EventIds).events
-        return events[-1].id if events else "evt_0_0"
+        if not events:
+            return "evt_0_0"
+        if history == 0:
+            return events[-1].id
+        oldest = events[0].id.split("_")
+        if len(oldest) == 3 and oldest[1].isdigit():
+            return f"evt_{int(oldest[1]) - 1}_0"
+        return events[-1].id
 
-    return Call("GET", "/api/events/history", decode, params={"limit": 1})
+    return Call("GET", "/api/events/history", decode,
+                params={**filter_params, "limit": max(history, 1)})
 
 
 def event_stats() -> Call[EventStats]:

@@ -2,12 +2,16 @@
 
 A stream is one logical subscription that may span many HTTP connections:
 
-- Before the first connection it asks the server for its newest event id (the
-  *anchor*). If a connection drops before any event arrived, the next one
-  resumes from the anchor, so nothing published in between is missed.
-- Every reconnection sends `Last-Event-ID` (the last event yielded, else the
-  anchor); the server replays every matching event after it that it still
-  holds. `history=N` is only asked for on the first connection.
+- The stream starts when it is entered (`with` / `async with`) or first
+  iterated: it asks the server's history for an *anchor* id (see
+  `_base.stream_anchor`): the newest matching event, or with `history=N` the
+  one just before the last N matching events.
+- Every connection sends `Last-Event-ID`: the last event yielded, else the
+  anchor. The server replays every matching event after it that it still
+  holds, so the first connection delivers the N historical events plus
+  anything published since the start, and a reconnection (even one before
+  any event arrived) resumes exactly where the stream was. History is thus
+  replayed once, on the first connection, and never again.
 - Events are yielded at most once: a `seq` (from `evt_<seq>_<ms>` ids) at or
   below the last one yielded is dropped.
 - Between attempts it waits the server's `retry:` (or `reconnect_delay`, when
@@ -43,7 +47,7 @@ from ._base import (
     Params,
     decode_event_json,
     error_from_response,
-    latest_event_id,
+    stream_anchor,
     translate_http_error,
 )
 from ._exceptions import LokiApiError, LokiError
@@ -83,17 +87,18 @@ class _Resume:
         self.connections = 0  # connections established so far
         self.failures = 0  # consecutive attempts that did not connect
 
+    def anchor_call(self) -> Call[str] | None:
+        """The request that fetches the anchor, or None once it is known."""
+        if self.anchor is not None:
+            return None
+        return stream_anchor(self.filter_params, self.history)
+
     def request(self) -> tuple[Params, dict[str, str]]:
-        params = dict(self.filter_params)
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-        resume_from = self.last_id
-        if resume_from is None and self.connections == 0 and self.history > 0:
-            params["history"] = self.history
-        elif resume_from is None:
-            resume_from = self.anchor
+        resume_from = self.last_id or self.anchor
         if resume_from is not None:
             headers["Last-Event-ID"] = resume_from
-        return params, headers
+        return dict(self.filter_params), headers
 
     def opened(self) -> None:
         self.connections += 1
@@ -156,9 +161,8 @@ class EventStream(_StreamBase):
                  filter_params: Params, history: int, reconnect_delay: float | None,
                  max_retries: int | None) -> None:
         super().__init__(base_url, filter_params, history, reconnect_delay, max_retries)
-        self._http = http
         self._send = send
-        self._events = self._run()
+        self._events = _run(http, send, base_url, self._resume)
 
     def __iter__(self) -> EventStream:
         return self
@@ -171,41 +175,15 @@ class EventStream(_StreamBase):
         self._events.close()
 
     def __enter__(self) -> EventStream:
+        """Start the stream now: events published from here on will be yielded."""
+        call = self._resume.anchor_call()
+        if call is not None:
+            self._resume.anchor = self._send(call)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-
-    def _run(self) -> Generator[Event, None, None]:
-        resume = self._resume
-        resume.anchor = self._send(latest_event_id())
-        while True:
-            params, headers = resume.request()
-            try:
-                with self._http.stream("GET", EVENTS_PATH, params=params, headers=headers,
-                                       timeout=STREAM_TIMEOUT) as response:
-                    if response.status_code != 200:
-                        response.read()
-                        error = error_from_response(response)
-                        if not resume.may_retry(error):
-                            raise error
-                    else:
-                        resume.opened()
-                        decoder = SSEDecoder()
-                        for chunk in response.iter_bytes():
-                            sse_events = decoder.feed(chunk)
-                            if decoder.retry is not None:
-                                resume.retry_ms = decoder.retry
-                            for sse in sse_events:
-                                event = resume.accept(sse)
-                                if event is not None:
-                                    yield event
-            except (httpx.HTTPError, httpx.InvalidURL) as exc:
-                error = translate_http_error(exc, self._url)
-                if not resume.may_retry(error):
-                    raise error from exc
-            time.sleep(resume.delay())
 
 
 class AsyncEventStream(_StreamBase):
@@ -217,9 +195,8 @@ class AsyncEventStream(_StreamBase):
                  filter_params: Params, history: int, reconnect_delay: float | None,
                  max_retries: int | None) -> None:
         super().__init__(base_url, filter_params, history, reconnect_delay, max_retries)
-        self._http = http
         self._send = send
-        self._events = self._run()
+        self._events = _arun(http, send, base_url, self._resume)
 
     def __aiter__(self) -> AsyncEventStream:
         return self
@@ -232,38 +209,80 @@ class AsyncEventStream(_StreamBase):
         await self._events.aclose()
 
     async def __aenter__(self) -> AsyncEventStream:
+        """Start the stream now: events published from here on will be yielded."""
+        call = self._resume.anchor_call()
+        if call is not None:
+            self._resume.anchor = await self._send(call)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
 
-    async def _run(self) -> AsyncGenerator[Event, None]:
-        resume = self._resume
-        resume.anchor = await self._send(latest_event_id())
-        while True:
-            params, headers = resume.request()
-            try:
-                async with self._http.stream("GET", EVENTS_PATH, params=params,
-                                             headers=headers, timeout=STREAM_TIMEOUT) as response:
-                    if response.status_code != 200:
-                        await response.aread()
-                        error = error_from_response(response)
-                        if not resume.may_retry(error):
-                            raise error
-                    else:
-                        resume.opened()
-                        decoder = SSEDecoder()
-                        async for chunk in response.aiter_bytes():
-                            sse_events = decoder.feed(chunk)
-                            if decoder.retry is not None:
-                                resume.retry_ms = decoder.retry
-                            for sse in sse_events:
-                                event = resume.accept(sse)
-                                if event is not None:
-                                    yield event
-            except (httpx.HTTPError, httpx.InvalidURL) as exc:
-                error = translate_http_error(exc, self._url)
-                if not resume.may_retry(error):
-                    raise error from exc
-            await anyio.sleep(resume.delay())
+
+def _run(http: httpx.Client, send: Callable[[Call[Any]], Any], url: str,
+         resume: _Resume) -> Generator[Event, None, None]:
+    # A plain function, not a method: a generator holding its stream would keep
+    # the pair alive in a cycle, and `break` out of a plain `for` would not close it.
+    call = resume.anchor_call()
+    if call is not None:
+        resume.anchor = send(call)
+    while True:
+        params, headers = resume.request()
+        try:
+            with http.stream("GET", EVENTS_PATH, params=params, headers=headers,
+                             timeout=STREAM_TIMEOUT) as response:
+                if response.status_code != 200:
+                    response.read()
+                    error = error_from_response(response)
+                    if not resume.may_retry(error):
+                        raise error
+                else:
+                    resume.opened()
+                    decoder = SSEDecoder()
+                    for chunk in response.iter_bytes():
+                        sse_events = decoder.feed(chunk)
+                        if decoder.retry is not None:
+                            resume.retry_ms = decoder.retry
+                        for sse in sse_events:
+                            event = resume.accept(sse)
+                            if event is not None:
+                                yield event
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            error = translate_http_error(exc, url)
+            if not resume.may_retry(error):
+                raise error from exc
+        time.sleep(resume.delay())
+
+
+async def _arun(http: httpx.AsyncClient, send: Callable[[Call[Any]], Coroutine[Any, Any, Any]],
+                url: str, resume: _Resume) -> AsyncGenerator[Event, None]:
+    call = resume.anchor_call()
+    if call is not None:
+        resume.anchor = await send(call)
+    while True:
+        params, headers = resume.request()
+        try:
+            async with http.stream("GET", EVENTS_PATH, params=params, headers=headers,
+                                   timeout=STREAM_TIMEOUT) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    error = error_from_response(response)
+                    if not resume.may_retry(error):
+                        raise error
+                else:
+                    resume.opened()
+                    decoder = SSEDecoder()
+                    async for chunk in response.aiter_bytes():
+                        sse_events = decoder.feed(chunk)
+                        if decoder.retry is not None:
+                            resume.retry_ms = decoder.retry
+                        for sse in sse_events:
+                            event = resume.accept(sse)
+                            if event is not None:
+                                yield event
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            error = translate_http_error(exc, url)
+            if not resume.may_retry(error):
+                raise error from exc
+        await anyio.sleep(resume.delay())
