@@ -7,6 +7,10 @@ appends it to every client's pending list, and each client's writer sends
 whatever is pending in one write. `fanout.py` measures the real server as a
 ratio of this.
 
+`--direct` is an experiment, not a baseline: the fan-out loop itself calls each
+idle stream's uvicorn `send` (no writer-task wake-up per stream per event),
+which shows what the per-stream task model costs.
+
     python baseline_server.py --port 0 --loki-dir DIR --cli "python load_cli.py"
 
 Routes: `GET /events` (the stream), `POST /start` (run the CLI once),
@@ -31,18 +35,22 @@ Scope = dict[str, Any]
 
 
 class Client:
-    __slots__ = ("pending", "wakeup", "closed")
+    __slots__ = ("pending", "wakeup", "closed", "send", "cycle")
 
-    def __init__(self) -> None:
+    def __init__(self, send: Any) -> None:
         self.pending: list[bytes] = []
         self.wakeup = asyncio.Event()
         self.closed = False
+        self.send = send
+        # uvicorn's RequestResponseCycle when `send` is its bound method (direct mode).
+        self.cycle = getattr(send, "__self__", None)
 
 
 class Baseline:
-    def __init__(self, cli: list[str], loki_dir: str) -> None:
+    def __init__(self, cli: list[str], loki_dir: str, direct: bool = False) -> None:
         self.cli = cli
         self.loki_dir = loki_dir
+        self.direct = direct
         self.clients: set[Client] = set()
         self.seq = 0
         self.running = False
@@ -77,7 +85,7 @@ class Baseline:
             await reply(send, 404, {"error": "not found"})
 
     async def stream(self, receive: Any, send: Any) -> None:
-        client = Client()
+        client = Client(send)
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache")]})
@@ -136,10 +144,40 @@ class Baseline:
                 b'id: %s\nevent: log:info\ndata: {"id":"%s","type":"log:info","timestamp":'
                 b'"%s.000Z","sessionId":"session_1732341234567_ab12cd34","data":{"level":'
                 b'"info","message":"%s","source":"stdout"}}\n\n' % (ident, ident, stamp, message))
+        if self.direct:
+            self.write_directly(frames)
+            return
         for client in self.clients:
             if not client.pending:
                 client.wakeup.set()
             client.pending.extend(frames)
+
+    def write_directly(self, frames: list[bytes]) -> None:
+        """Send on every idle stream from here, with no task wake-up per stream.
+
+        uvicorn's `send` only suspends when the transport is paused; when it is
+        not, driving the coroutine one step runs it to completion. A paused
+        stream (or one with a backlog) gets the frames queued for its task.
+        """
+        message = {"type": "http.response.body", "body": b"".join(frames), "more_body": True}
+        for client in self.clients:
+            cycle = client.cycle
+            if client.pending or cycle is None or cycle.flow.write_paused or client.closed:
+                if not client.pending:
+                    client.wakeup.set()
+                client.pending.extend(frames)
+                continue
+            step = client.send(message)
+            try:
+                step.send(None)
+            except StopIteration:
+                continue
+            except Exception:  # noqa: BLE001 - a broken stream just stops receiving
+                client.closed = True
+                client.wakeup.set()
+                continue
+            step.close()  # cannot happen unless paused, which was checked above
+            raise RuntimeError("uvicorn send suspended on an unpaused transport")
 
 
 async def reply(send: Any, status: int, body: Any) -> None:
@@ -154,11 +192,13 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--loki-dir", required=True)
     parser.add_argument("--cli", required=True)
+    parser.add_argument("--direct", action="store_true",
+                        help="write to idle streams from the fan-out loop (no task wake-ups)")
     args = parser.parse_args()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))
-    app = Baseline(shlex.split(args.cli), os.path.abspath(args.loki_dir))
+    app = Baseline(shlex.split(args.cli), os.path.abspath(args.loki_dir), direct=args.direct)
     config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on",
                             log_level="warning", access_log=False, server_header=False,
                             timeout_graceful_shutdown=2)

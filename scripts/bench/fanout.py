@@ -72,7 +72,7 @@ FINISHED = {"completed", "failed", "stopped"}
 class Sub:
     """One subscriber's tally; `on_frames` is the hot path of the client."""
 
-    __slots__ = ("proc", "seen", "uniq", "received", "last_id", "lat", "reconnects",
+    __slots__ = ("proc", "seen", "uniq", "received", "last_block", "lat", "reconnects",
                  "done", "paced")
 
     def __init__(self, proc: ClientProcess, lines: int, paced: bool) -> None:
@@ -80,23 +80,28 @@ class Sub:
         self.seen = bytearray(lines + 1)
         self.uniq = 0
         self.received = 0
-        self.last_id: bytes | None = None
+        self.last_block = b""  # the id is parsed from it only when reconnecting
         self.lat: array.array[int] = array.array("q")
         self.reconnects = 0
         self.done = False
         self.paced = paced
 
-    def on_frames(self, block: bytes, now: int) -> None:
+    @property
+    def last_id(self) -> bytes | None:
+        """The id of the last event received (for `Last-Event-ID`)."""
+        block = self.last_block
         j = block.rfind(b"\nid: ")
         if j >= 0:
             j += 1
         elif block.startswith(b"id: "):
             j = 0
-        if j >= 0:
-            self.last_id = block[j + 4:block.find(b"\n", j)]
+        return block[j + 4:block.find(b"\n", j)] if j >= 0 else None
+
+    def on_frames(self, block: bytes, now: int) -> None:
         found = BENCH.findall(block)
         if not found:
             return
+        self.last_block = block
         proc = self.proc
         if not proc.first_ns:
             proc.first_ns = now
@@ -228,7 +233,7 @@ class Target:
 
     def start(self) -> None:
         (self.server.loki_dir / ".bench-go").unlink(missing_ok=True)
-        if self.name == "baseline":
+        if self.name in ("baseline", "direct"):
             status, body = request(self.server.url, "POST", "/start")
             if status != 201:
                 raise RuntimeError(f"baseline /start answered {status}: {body}")
@@ -237,7 +242,7 @@ class Target:
 
     def wait_finished(self) -> None:
         deadline = time.monotonic() + 120
-        if self.name == "baseline":
+        if self.name in ("baseline", "direct"):
             while request(self.server.url, "GET", "/status")[1]["running"]:
                 if time.monotonic() > deadline:
                     raise TimeoutError("baseline CLI still running")
@@ -337,7 +342,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=50, help="paced lines per second")
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument("--targets", default="ours,baseline",
-                        help="servers to measure: ours, baseline (the limit baseline)")
+                        help="servers to measure: ours, baseline (the limit baseline), "
+                             "direct (the baseline writing without task wake-ups)")
     parser.add_argument("--no-paced", action="store_true", help="skip the paced latency runs")
     parser.add_argument("--no-burst", action="store_true", help="skip the burst runs")
     parser.add_argument("--profile", type=Path,
@@ -359,6 +365,12 @@ def main() -> int:
                            "--cli", load_cli_cmd()], base_dir)
         servers.append(baseline)
         targets.append(Target("baseline", baseline, BASELINE_PATH))
+    if "direct" in wanted:
+        direct_dir = Path(tempfile.mkdtemp(prefix="loki-direct-")) / "project"
+        direct = Server([sys.executable, str(HERE / "baseline_server.py"), "--direct",
+                         "--cli", load_cli_cmd()], direct_dir)
+        servers.append(direct)
+        targets.append(Target("direct", direct, BASELINE_PATH))
     modes = ([] if args.no_burst else [("burst", args.lines, 0.0)]) + (
         [] if args.no_paced else [("paced", args.paced_lines, args.rate)])
     runs: list[dict[str, Any]] = []
