@@ -660,6 +660,34 @@ def test_stream_starts_when_entered(live_thread: ThreadedServer) -> None:
         assert next(stream).data.message == "after entering, before iterating"
 
 
+def test_stream_resumes_across_a_real_server_restart(loki_dir: Path) -> None:
+    """`loki serve --simulate` stopped (SIGTERM) and started again on the same port and dir."""
+    port = free_port()
+    args = ("--simulate", "--port", str(port))
+    received: list[Event] = []
+
+    def read_until_completed(stream: loki_client.EventStream, session_id: str) -> None:
+        for event in stream:
+            received.append(event)
+            if event.type == "session:completed" and event.session_id == session_id:
+                return
+
+    with LokiClient(f"http://127.0.0.1:{port}") as client, \
+            ServerProcess(loki_dir, *args) as first:
+        if sessions_missing(first.url):
+            pytest.skip("session routes are not in the server yet (GET /api/sessions is 404)")
+        with client.events(reconnect_delay=0.1) as stream:
+            read_until_completed(stream, client.start_session().session_id)
+            first.stop()  # graceful: the stream ends cleanly, reconnection is refused
+            with ServerProcess(loki_dir, *args) as second:
+                assert second.url == first.url == client.base_url
+                read_until_completed(stream, client.start_session().session_id)
+                assert stream.connections == 2
+                history = ids(client.event_history(limit=1000))
+    assert len(set(ids(received))) == len(received)
+    assert ids(received) == history[: len(received)]
+
+
 @pytest.mark.anyio
 async def test_async_break_and_cancel_close_the_connection(live: InProcessServer) -> None:
     bus = live.runtime.bus

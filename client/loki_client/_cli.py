@@ -142,7 +142,8 @@ def _sessions(client: LokiClient, args: argparse.Namespace, out: TextIO, colour:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
               .rstrip(), file=out)
-    print(f"{listing.total} sessions, {listing.running} running", file=out)
+    noun = "session" if listing.total == 1 else "sessions"
+    print(f"{listing.total} {noun}, {listing.running} running", file=out)
     return 0
 
 
