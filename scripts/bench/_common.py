@@ -16,6 +16,7 @@ import platform
 import re
 import resource
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -86,6 +87,7 @@ class Server:
         self.url = ""
         self.pid: int | None = None
         self.log_path = loki_dir.parent / f"{loki_dir.name}-server.log"
+        self.scratch: Path | None = None  # a temp dir of ours, removed after a clean exit
 
     @classmethod
     def external(cls, url: str, loki_dir: Path, pid: int | None) -> Server:
@@ -145,8 +147,23 @@ class Server:
     def __enter__(self) -> Server:
         return self if self.proc is not None or not self.cmd else self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.stop()
+        if self.scratch is None:
+            return
+        if exc_type is None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        else:
+            print(f"server log kept: {self.log_path}", file=sys.stderr)
+
+    @classmethod
+    def scratch_server(cls, cmd: Sequence[str], tag: str, env: dict[str, str] | None = None,
+                       **kwargs: Any) -> Server:
+        """A server with a fresh `--loki-dir` under a temp dir, removed after a clean exit."""
+        scratch = Path(tempfile.mkdtemp(prefix=f"loki-{tag}-"))
+        server = cls(cmd, scratch / "project", env=env, **kwargs)
+        server.scratch = scratch
+        return server
 
 
 def loki_server_cmd(*extra: str) -> list[str]:
@@ -163,8 +180,7 @@ def open_server(args: argparse.Namespace, *extra: str, env: dict[str, str] | Non
     """The server under test: `--url` if given, else a fresh one in a temp dir."""
     if args.url:
         return Server.external(args.url, args.loki_dir, args.pid)
-    loki_dir = Path(tempfile.mkdtemp(prefix=f"loki-{tag}-")) / "project"
-    return Server(loki_server_cmd(*extra), loki_dir, env=env)
+    return Server.scratch_server(loki_server_cmd(*extra), tag, env=env)
 
 
 # ------------------------------------------------------------------- HTTP

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import multiprocessing
 import re
 import sys
-import tempfile
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -360,23 +360,21 @@ def main() -> int:
         servers.append(ours)
         targets.append(Target("ours", ours, OUR_PATH))
     if "baseline" in wanted:
-        base_dir = Path(tempfile.mkdtemp(prefix="loki-baseline-")) / "project"
-        baseline = Server([sys.executable, str(HERE / "baseline_server.py"),
-                           "--cli", load_cli_cmd()], base_dir)
+        baseline = Server.scratch_server([sys.executable, str(HERE / "baseline_server.py"),
+                                          "--cli", load_cli_cmd()], "baseline")
         servers.append(baseline)
         targets.append(Target("baseline", baseline, BASELINE_PATH))
     if "direct" in wanted:
-        direct_dir = Path(tempfile.mkdtemp(prefix="loki-direct-")) / "project"
-        direct = Server([sys.executable, str(HERE / "baseline_server.py"), "--direct",
-                         "--cli", load_cli_cmd()], direct_dir)
+        direct = Server.scratch_server([sys.executable, str(HERE / "baseline_server.py"),
+                                        "--direct", "--cli", load_cli_cmd()], "direct")
         servers.append(direct)
         targets.append(Target("direct", direct, BASELINE_PATH))
     modes = ([] if args.no_burst else [("burst", args.lines, 0.0)]) + (
         [] if args.no_paced else [("paced", args.paced_lines, args.rate)])
     runs: list[dict[str, Any]] = []
-    try:
+    with contextlib.ExitStack() as stack:
         for server in servers:
-            server.__enter__()
+            stack.enter_context(server)
         for mode, lines, rate in modes:
             for subs in counts:
                 for run in range(args.runs):
@@ -393,9 +391,6 @@ def main() -> int:
                                           ("events_per_s", "lost", "reconnects", "span_s",
                                            "server_cpu_s", "client_cpu_s", "p50_ms", "p99_ms")
                                           if k in result), flush=True)
-    finally:
-        for server in servers:
-            server.stop()
     summary = summarise_runs(runs, counts, [t.name for t in targets])
     if args.profile:
         for mode, _, _ in modes:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import sys
-import tempfile
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -190,9 +189,8 @@ def main() -> int:
         print(f"  K={streams}: " + ", ".join(f"{k}={v}" for k, v in result.items()
                                             if k != "streams"), flush=True)
         if args.baseline:
-            loki_dir = Path(tempfile.mkdtemp(prefix="loki-idle-base-")) / "project"
-            base = Server([sys.executable, str(HERE / "baseline_server.py"), "--cli", "true"],
-                          loki_dir)
+            base = Server.scratch_server(
+                [sys.executable, str(HERE / "baseline_server.py"), "--cli", "true"], "idle-base")
             with base:
                 result = measure(base, streams, 2.0, args.keepalive, args.clients, "/events")
             result.update(target="baseline", cpu_ms_per_round=None, core_pct_at_15s=None)
