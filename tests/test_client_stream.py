@@ -20,10 +20,12 @@ from loki_client import (
     LokiClient,
     LokiConnectionError,
     LokiDecodeError,
+    RateLimited,
     ServiceUnavailable,
 )
+from loki_client._base import seq_of
 from loki_client._sse import ServerSentEvent
-from loki_client._stream import MAX_BACKOFF, _Resume, seq_of
+from loki_client._stream import MAX_BACKOFF, _Resume
 
 
 def frame(seq: int, message: str = "", type: str = "log:info") -> bytes:
@@ -169,6 +171,15 @@ def test_delay_follows_the_servers_retry_then_backs_off() -> None:
     assert delays[-1] == MAX_BACKOFF
     resume.opened()  # a successful connection resets the backoff
     assert resume.delay() == 1.5
+
+
+def test_rate_limited_reconnect_waits_retry_after_once() -> None:
+    resume = _Resume({}, 0, reconnect_delay=0.5, max_retries=None)
+    resume.opened()
+    limited = RateLimited("slow down", code="RATE_LIMITED", status=429, retry_after=7.0)
+    assert resume.may_retry(limited)
+    assert resume.delay() == 7.0
+    assert resume.delay() == 0.5
 
 
 def test_ids_that_are_not_ours_are_yielded_without_dedup() -> None:

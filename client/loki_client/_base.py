@@ -59,6 +59,14 @@ def resolve_token(token: str | None, env: Mapping[str, str] = os.environ) -> str
     return token or env.get("LOKI_API_TOKEN") or None
 
 
+def seq_of(event_id: str) -> int | None:
+    """The sequence number inside `evt_<seq>_<ms>`, or None for any other id."""
+    parts = event_id.split("_")
+    if len(parts) != 3 or parts[0] != "evt" or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
 def default_headers(token: str | None) -> dict[str, str]:
     headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
     if token:
@@ -297,12 +305,10 @@ def stream_anchor(filter_params: Params, history: int) -> Call[str]:
         events = decode_json(content, _EventIds).events
         if not events:
             return "evt_0_0"
-        if history == 0:
+        oldest = seq_of(events[0].id)
+        if history == 0 or oldest is None:
             return events[-1].id
-        oldest = events[0].id.split("_")
-        if len(oldest) == 3 and oldest[1].isdigit():
-            return f"evt_{int(oldest[1]) - 1}_0"
-        return events[-1].id
+        return f"evt_{oldest - 1}_0"
 
     return Call("GET", "/api/events/history", decode,
                 params={**filter_params, "limit": max(history, 1)})

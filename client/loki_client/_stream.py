@@ -47,10 +47,11 @@ from ._base import (
     Params,
     decode_event_json,
     error_from_response,
+    seq_of,
     stream_anchor,
     translate_http_error,
 )
-from ._exceptions import LokiApiError, LokiError
+from ._exceptions import LokiApiError, LokiError, RateLimited
 from ._sse import ServerSentEvent, SSEDecoder
 
 __all__ = ["EventStream", "AsyncEventStream"]
@@ -61,14 +62,6 @@ MAX_BACKOFF = 30.0
 # The server sends a keep-alive comment every 15 s: a silent minute means a dead link.
 STREAM_TIMEOUT = httpx.Timeout(10.0, read=60.0)
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
-
-
-def seq_of(event_id: str) -> int | None:
-    """The sequence number inside `evt_<seq>_<ms>`, or None for any other id."""
-    parts = event_id.split("_")
-    if len(parts) != 3 or parts[0] != "evt" or not parts[1].isdigit():
-        return None
-    return int(parts[1])
 
 
 class _Resume:
@@ -86,6 +79,7 @@ class _Resume:
         self.retry_ms: int | None = None
         self.connections = 0  # connections established so far
         self.failures = 0  # consecutive attempts that did not connect
+        self.retry_after: float | None = None  # a 429's Retry-After, used once
 
     def anchor_call(self) -> Call[str] | None:
         """The request that fetches the anchor, or None once it is known."""
@@ -122,10 +116,15 @@ class _Resume:
         if isinstance(error, LokiApiError) and error.status not in RETRYABLE_STATUSES:
             return False
         self.failures += 1
+        if isinstance(error, RateLimited):
+            self.retry_after = error.retry_after
         return self.max_retries is None or self.failures <= self.max_retries
 
     def delay(self) -> float:
         """Seconds to wait before the next attempt."""
+        if self.retry_after is not None:
+            wait, self.retry_after = self.retry_after, None
+            return wait
         if self.reconnect_delay is not None:
             base = self.reconnect_delay
         elif self.retry_ms is not None:
