@@ -5,7 +5,8 @@
         [--runs 3] [--url URL --loki-dir DIR] [--json out.json]
 
 `--sessions` session directories (session.json + tasks.json with `--tasks`
-tasks each) are written into the state directory before the server starts.
+tasks each) are written into the state directory before the server starts
+(with `--url` the server's state directory is used as it is).
 Load comes from `wrk` when it is installed (`apt-get install wrk`; one thread,
 keep-alive connections), otherwise from a bounded keep-alive asyncio client
 in a separate process. Both share the machine's cores with the server.
