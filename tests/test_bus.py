@@ -90,6 +90,7 @@ def test_a_subscriber_past_its_bound_is_cut_off_without_affecting_others() -> No
         fast.take()  # the fast reader keeps up
     assert slow.overflowed and slow.closed
     assert len(slow.pending) == 5  # bounded: nothing queued past the limit
+    assert not fast.overflowed
     assert not fast.closed and bus.subscriber_count == 1
     assert bus.dropped == 1
 
@@ -102,17 +103,31 @@ def test_ping_reaches_every_subscriber() -> None:
 
 
 @pytest.mark.anyio
-async def test_wait_returns_when_an_event_arrives_or_on_close() -> None:
+async def test_each_touched_stream_is_told_once_per_loop_turn() -> None:
     import anyio
 
     bus = EventBus()
+    bus.bind_loop()
     sub, _ = bus.subscribe()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(sub.wait)
-        await anyio.sleep(0)
-        bus.publish("log:info", log(1))
-    assert len(sub.take()) == 1
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(sub.wait)
-        await anyio.sleep(0)
-        sub.close()
+    sub.blocked = False
+    calls: list[int] = []
+    sub.on_ready = lambda: calls.append(len(sub.take()))
+    for n in range(5):
+        bus.publish("log:info", log(n))  # one burst in one turn
+    await anyio.sleep(0.01)
+    assert calls == [5]
+    bus.close_subscriber(sub)
+    await anyio.sleep(0.01)
+    assert calls == [5, 0] and sub.closed
+
+
+def test_only_a_blocked_stream_is_cut_off() -> None:
+    bus = EventBus(max_pending=5)
+    writing, _ = bus.subscribe()
+    writing.blocked = False  # its socket has room: the next tick writes everything
+    for n in range(20):
+        bus.publish("log:info", log(n))
+    assert not writing.closed and len(writing.pending) == 20
+    writing.blocked = True  # now the socket is full
+    bus.publish("log:info", log(99))
+    assert writing.overflowed and writing.closed

@@ -166,3 +166,31 @@ async def test_slow_reader_is_cut_off_while_a_fast_one_keeps_receiving(loki_dir:
                 assert stats["dropped"] >= 1 and stats["subscribers"] == 1
         finally:
             slow.close()
+
+
+@pytest.mark.anyio
+async def test_stream_sends_cors_headers_to_allowed_origins_only(live: InProcessServer) -> None:
+    async with sse_stream(live.url, headers={"Origin": "http://localhost:5173"}) as reader:
+        assert reader.response.headers["access-control-allow-origin"] == "http://localhost:5173"
+        assert reader.response.headers["access-control-allow-credentials"] == "true"
+    async with sse_stream(live.url, headers={"Origin": "http://evil.example"}) as reader:
+        assert "access-control-allow-origin" not in reader.response.headers
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        bad = await client.get("/api/events", params={"types": "nope"},
+                               headers={"Origin": "http://127.0.0.1:3000"})
+    assert bad.status_code == 400 and bad.json()["code"] == "BAD_REQUEST"
+    assert bad.headers["access-control-allow-origin"] == "http://127.0.0.1:3000"
+
+
+@pytest.mark.anyio
+async def test_many_streams_each_get_every_event_in_order(live: InProcessServer) -> None:
+    bus = live.runtime.bus
+    async with sse_stream(live.url) as a, sse_stream(live.url) as b:
+        await wait_for(lambda: bus.subscriber_count == 2)
+        for n in range(200):
+            bus.publish("log:info", log(str(n)))
+            if n % 50 == 0:
+                await anyio.sleep(0)
+        for reader in (a, b):
+            got = [(await reader.next()).json()["data"]["message"] for _ in range(200)]
+            assert got == [str(n) for n in range(200)]

@@ -5,16 +5,19 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import ApiError, _api_error, _http_error, make_unexpected_handler
 from .routes import build_routes
+from .routes.events import EventStreamApp
 from .runtime import Runtime
-from .security import RateLimitMiddleware, SecurityMiddleware
+from .security import EVENTS_PATH, RateLimitMiddleware, SecurityMiddleware
 from .settings import Settings
 
 # Default CORS: pages served from a loopback origin, on any port.
@@ -38,6 +41,38 @@ def cors_middleware(settings: Settings) -> Middleware:
     return Middleware(CORSMiddleware, allow_origin_regex=LOOPBACK_ORIGIN_REGEX, **common)
 
 
+class LokiApp(Starlette):
+    """Starlette, with `GET /api/events` short-circuited to its middleware-free app."""
+
+    def __init__(self, *args: Any, stream_app: ASGIApp, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stream_app = stream_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == EVENTS_PATH \
+                and scope["method"] == "GET":
+            scope["app"] = self
+            await self.stream_app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def stream_stack(settings: Settings) -> ASGIApp:
+    """The event stream's own short stack: Host guard and auth, rate limit, then the stream."""
+    cors = None
+    if settings.cors:
+        spec = cors_middleware(settings)
+        cors = CORSMiddleware(app=_no_app, **spec.kwargs)
+    app: ASGIApp = EventStreamApp(cors)
+    if settings.rate_limit > 0:
+        app = RateLimitMiddleware(app, per_minute=settings.rate_limit)
+    return SecurityMiddleware(app, settings=settings)
+
+
+async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:  # pragma: no cover
+    raise RuntimeError("CORSMiddleware is used here only for its origin rules")
+
+
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Starlette:
     """Build the app. The runtime starts and stops with the app's lifespan."""
     settings = settings or Settings()
@@ -55,7 +90,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     if settings.rate_limit > 0:
         middleware.append(Middleware(RateLimitMiddleware, per_minute=settings.rate_limit))
 
-    app = Starlette(
+    app = LokiApp(
+        stream_app=stream_stack(settings),
         routes=build_routes(),
         middleware=middleware,
         lifespan=lifespan,

@@ -22,11 +22,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
-
-import anyio
 
 from .encoding import decode_raw_event, encode
 from .eventlog import EventLog, seq_of
@@ -64,32 +62,25 @@ class StoredEvent:
 
 
 class Subscriber:
-    """One stream's queue of frames waiting to be written."""
+    """One stream's frames waiting to be written, and how to tell its writer.
 
-    __slots__ = ("filter", "pending", "closed", "overflowed", "_wakeup")
+    The bus appends frames to `pending` and, once per event-loop turn, calls
+    `on_ready` of every subscriber that got frames (or was closed) since the
+    last turn. While `blocked` (the stream is still sending its opening, or its
+    socket is full), the stream drains `pending` itself and `on_ready` is not
+    needed; only a blocked subscriber can be cut off as too slow.
+    """
+
+    __slots__ = ("filter", "pending", "closed", "overflowed", "blocked", "dirty", "on_ready")
 
     def __init__(self, event_filter: EventFilter) -> None:
         self.filter = event_filter
         self.pending: list[bytes] = []
         self.closed = False
         self.overflowed = False
-        self._wakeup = anyio.Event()
-
-    def push(self, frame: bytes) -> None:
-        self.pending.append(frame)
-        if len(self.pending) == 1:
-            self._wakeup.set()
-
-    def close(self) -> None:
-        self.closed = True
-        self._wakeup.set()
-
-    async def wait(self) -> None:
-        """Return once frames are pending or the subscriber is closed."""
-        if self.pending or self.closed:
-            return
-        self._wakeup = anyio.Event()
-        await self._wakeup.wait()
+        self.blocked = True
+        self.dirty = False
+        self.on_ready: Callable[[], None] | None = None
 
     def take(self) -> list[bytes]:
         frames, self.pending = self.pending, []
@@ -110,7 +101,9 @@ class EventBus:
         self._groups: dict[EventFilter, set[Subscriber]] = {}
         self._seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._flush_scheduled = False
+        self._tick_scheduled = False
+        # Subscribers that got frames (or were closed) since the last loop turn.
+        self._dirty: list[Subscriber] = []
         self.published = 0
         self.delivered = 0
         self.dropped = 0
@@ -157,19 +150,24 @@ class EventBus:
         self.by_type[type] += 1
         if self._log is not None:
             self._log.append(stored.json)
-            self._schedule_flush()
         frame = stored.frame
         limit = self.max_pending
+        dirty = self._dirty
         too_slow: list[Subscriber] = []
         for event_filter, group in self._groups.items():
             if event_filter is MATCH_ALL or event_filter.matches(type, session_id):
                 for subscriber in group:
-                    if len(subscriber.pending) >= limit:
+                    pending = subscriber.pending
+                    if subscriber.blocked and len(pending) >= limit:
                         too_slow.append(subscriber)  # cut off after the loop: no mutation here
-                    else:
-                        subscriber.push(frame)
+                        continue
+                    pending.append(frame)
+                    if not subscriber.dirty:
+                        subscriber.dirty = True
+                        dirty.append(subscriber)
         for subscriber in too_slow:
             self._cut_off(subscriber)
+        self._schedule_tick()
         return event
 
     def publish_threadsafe(self, type: str, data: Any, session_id: str | None = None) -> None:
@@ -182,26 +180,45 @@ class EventBus:
         """Remember the running loop (for thread hand-off and log flushing)."""
         self._loop = asyncio.get_running_loop()
 
-    def _schedule_flush(self) -> None:
-        if self._flush_scheduled:
+    def _schedule_tick(self) -> None:
+        """Run `_tick` once at the end of this loop turn, however many events came in it."""
+        if self._tick_scheduled:
             return
         if self._loop is None:
-            self.flush()
+            self.flush()  # no loop (plain unit use): persist now, streams read `pending`
             return
-        self._flush_scheduled = True
-        self._loop.call_soon(self.flush)
+        self._tick_scheduled = True
+        self._loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        """Once per loop turn: persist the turn's events, then let every touched stream write.
+
+        A burst published in one turn reaches each stream as one write.
+        """
+        self._tick_scheduled = False
+        self.flush()
+        dirty, self._dirty = self._dirty, []
+        for subscriber in dirty:
+            subscriber.dirty = False
+            if subscriber.on_ready is not None:
+                subscriber.on_ready()
 
     def flush(self) -> None:
-        self._flush_scheduled = False
         if self._log is not None:
             self._log.flush()
 
     def close_streams(self) -> None:
         """End every open stream (server shutdown); clients resume with Last-Event-ID."""
-        for group in self._groups.values():
-            for subscriber in group:
-                subscriber.close()
+        for group in list(self._groups.values()):
+            for subscriber in list(group):
+                self.close_subscriber(subscriber)
         self._groups.clear()
+
+    def close_subscriber(self, subscriber: Subscriber) -> None:
+        """Stop sending to `subscriber`; its stream ends after what is pending."""
+        self.unsubscribe(subscriber)
+        subscriber.closed = True
+        self._mark(subscriber)
 
     def close(self) -> None:
         self.close_streams()
@@ -243,16 +260,22 @@ class EventBus:
                 del self._groups[subscriber.filter]
 
     def _cut_off(self, subscriber: Subscriber) -> None:
-        self.unsubscribe(subscriber)
         subscriber.overflowed = True
         self.dropped += 1  # the frame that did not fit; the client resumes from its last id
-        subscriber.close()
+        self.close_subscriber(subscriber)
+
+    def _mark(self, subscriber: Subscriber) -> None:
+        if not subscriber.dirty:
+            subscriber.dirty = True
+            self._dirty.append(subscriber)
+        self._schedule_tick()
 
     def ping_all(self) -> None:
         """Queue a keep-alive comment on every stream (one pass, no per-stream timers)."""
         for group in self._groups.values():
             for subscriber in group:
-                subscriber.push(PING_FRAME)
+                subscriber.pending.append(PING_FRAME)
+                self._mark(subscriber)
 
     # ----------------------------------------------------------------- history
 

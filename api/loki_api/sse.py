@@ -1,31 +1,60 @@
 """The Server-Sent Events response for one subscriber.
 
-Two tasks share one task group: the writer drains the subscriber's pending
-frames into the socket, and the disconnect watcher waits for the client to go
-away. Whichever ends first ends the stream, and the subscriber leaves the bus
-at once.
+One task per stream, and it is idle: after the opening (comment, `retry:`,
+replayed history) the request's own task just waits for the client to go away.
+Live frames are written by the bus's once-per-loop-turn tick, which calls
+`EventStream.write_pending` for every stream that got frames: it sends them
+all as one chunk, right there, without waking a task per stream. That is what
+keeps fan-out to a thousand streams cheap, and what lets an idle stream cost
+little more than its socket.
 
-The writer sends everything pending in one `send`: under a burst a stream
-writes many frames per syscall instead of one each, which is where fan-out
-throughput comes from. Keep-alive comments are queued by the runtime's single
-ticker (`EventBus.ping_all`), so an idle stream owns no timer.
+A send only suspends when the client's socket is full (uvicorn's flow
+control). Then the half-done send is handed to a drain task, the subscriber is
+marked blocked (frames keep queueing, up to the bus's bound), and the drain
+task writes what piled up before handing the stream back to the tick.
+
+Ending: the client disconnects (`receive()` says so), or the server closes the
+subscriber (shutdown, too slow): the final empty chunk completes the response,
+which also wakes the pending `receive()`.
 """
 
 from __future__ import annotations
 
-import anyio
-from starlette.types import Receive, Scope, Send
+import asyncio
+import logging
+import types
+from collections.abc import Coroutine, Generator
+from typing import Any
+
+from starlette.types import Message, Receive, Scope, Send
 
 from .bus import PING_FRAME, EventBus, StoredEvent, Subscriber
 
+log = logging.getLogger(__name__)
+
 RETRY_MS = 3000
+TOO_SLOW = b": too slow, closing; reconnect with Last-Event-ID\n\n"
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
-    (b"connection", b"keep-alive"),
 ]
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], blocked_on: Any) -> Generator[Any, Any, Any]:
+    """Go on with a coroutine that was stepped by hand and suspended on `blocked_on`.
+
+    The enclosing task waits for the future the coroutine was waiting for, then
+    drives the coroutine to its end.
+    """
+    try:
+        yield blocked_on
+    except BaseException:
+        coro.close()
+        raise
+    return (yield from coro)  # type: ignore[misc]
 
 
 class EventStream:
@@ -45,46 +74,82 @@ class EventStream:
         self.replay = replay
         self.announce_replay = announce_replay
         self.headers = SSE_HEADERS + (extra_headers or [])
+        self._send: Send | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self._finished = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         subscriber = self.subscriber
+        self._send = send
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.headers})
             opening = [b": connected to loki-api\nretry: %d\n\n" % RETRY_MS]
             opening.extend(stored.frame for stored in self.replay)
             if self.announce_replay:
                 opening.append(b": replayed %d historical events\n\n" % len(self.replay))
-            await send({"type": "http.response.body", "body": b"".join(opening),
-                        "more_body": True})
             self.bus.delivered += len(self.replay)
             self.replay = []
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watch_disconnect, receive)
-                await self._write(send)
-                tg.cancel_scope.cancel()
+            await send({"type": "http.response.body", "body": b"".join(opening),
+                        "more_body": True})
+            # Live frames published meanwhile wait in `pending`; from now on the tick writes.
+            await self._drain()
+            while not self._finished:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    break
         finally:
+            self._finished = True
             self.bus.unsubscribe(subscriber)
             subscriber.closed = True
+            subscriber.on_ready = None
+            task = self._drain_task
+            if task is not None and not task.done():
+                task.cancel()
 
-    async def _write(self, send: Send) -> None:
+    def _take_message(self) -> Message | None:
+        """Everything pending as one body message, or None when there is nothing to say."""
         subscriber = self.subscriber
-        while True:
-            await subscriber.wait()
-            frames = subscriber.take()
-            if frames:
-                self.bus.delivered += len(frames) - frames.count(PING_FRAME)
-                if subscriber.overflowed:
-                    frames.append(b": too slow, closing; reconnect with Last-Event-ID\n\n")
-                await send({"type": "http.response.body", "body": b"".join(frames),
-                            "more_body": True})
-            if subscriber.closed:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return
+        frames = subscriber.take()
+        final = subscriber.closed
+        if not frames and not final:
+            return None
+        if frames:
+            self.bus.delivered += len(frames) - frames.count(PING_FRAME)
+        if subscriber.overflowed:
+            frames.append(TOO_SLOW)
+        if final:
+            self._finished = True
+        return {"type": "http.response.body", "body": b"".join(frames), "more_body": not final}
 
-    async def _watch_disconnect(self, receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self.bus.unsubscribe(self.subscriber)
-                self.subscriber.close()
-                return
+    def write_pending(self) -> None:
+        """Called by the bus's tick: write what is pending now, without a task switch."""
+        if self.subscriber.blocked or self._finished or self._send is None:
+            return
+        message = self._take_message()
+        if message is None:
+            return
+        coro = self._send(message)
+        try:
+            blocked_on = coro.send(None)
+        except StopIteration:
+            return  # written (the usual case: the socket had room)
+        except Exception:
+            log.debug("stream write failed", exc_info=True)
+            return
+        # The socket is full: finish this send, and whatever piles up, in a task.
+        self.subscriber.blocked = True
+        self._drain_task = asyncio.ensure_future(self._drain(_resume(coro, blocked_on)))
+
+    async def _drain(self, unfinished: Any = None) -> None:
+        """Write until nothing is pending, then hand the stream (back) to the tick."""
+        assert self._send is not None
+        subscriber = self.subscriber
+        if unfinished is not None:
+            await unfinished
+        while not self._finished:
+            message = self._take_message()
+            if message is None:
+                break
+            await self._send(message)
+        subscriber.blocked = False
+        subscriber.on_ready = self.write_pending

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from ..bus import EventBus
-from ..errors import BadRequest
+from ..errors import ApiError, BadRequest, error_response
 from ..eventlog import seq_of
 from ..filters import EventFilter, FilterError
 from ..models import EventStats
@@ -47,6 +49,7 @@ def parse_event_id(raw: str | None, name: str) -> str | None:
 
 
 async def stream_events(request: Request) -> EventStream:
+    """The stream for this request (also served, middleware-free, by `EventStreamApp`)."""
     bus: EventBus = runtime_of(request).bus
     event_filter = parse_filter(request)
     history = query_int(request, "history", default=0, maximum=bus.history_size) or 0
@@ -56,6 +59,44 @@ async def stream_events(request: Request) -> EventStream:
     )
     subscriber, replay = bus.subscribe(event_filter, after_id=last_id, last=history)
     return EventStream(bus, subscriber, replay, announce_replay=last_id is None and history > 0)
+
+
+class EventStreamApp:
+    """`GET /api/events` as a bare ASGI app, outside Starlette's middleware stack.
+
+    Every body message of a stream would otherwise pass through half a dozen
+    send wrappers (error, CORS, exception middleware, routing), and every open
+    stream would keep their frames alive. This app does what those layers would
+    have done for this one route: CORS headers for allowed origins, and errors
+    as JSON. Authentication and the Host guard wrap it (see `app.py`).
+    """
+
+    def __init__(self, cors: CORSMiddleware | None) -> None:
+        self.cors = cors
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        headers = self._cors_headers(request)
+        try:
+            stream = await stream_events(request)
+        except ApiError as exc:
+            response = error_response(exc.status, exc.message, exc.code, exc.details,
+                                      exc.headers)
+            response.raw_headers.extend(headers)
+            await response(scope, receive, send)
+            return
+        stream.headers.extend(headers)
+        await stream(scope, receive, send)
+
+    def _cors_headers(self, request: Request) -> list[tuple[bytes, bytes]]:
+        origin = request.headers.get("origin")
+        if self.cors is None or origin is None or not self.cors.is_allowed_origin(origin):
+            return []
+        headers = [(b"access-control-allow-origin", origin.encode("latin-1")),
+                   (b"vary", b"Origin")]
+        headers.extend((k.encode("latin-1"), v.encode("latin-1"))
+                       for k, v in self.cors.simple_headers.items())
+        return headers
 
 
 async def event_history(request: Request) -> Response:
