@@ -11,6 +11,8 @@ from pathlib import Path
 
 from loki_api.sessions import control
 from loki_api.sessions.process import (
+    MAX_LINES_PER_PUMP,
+    READ_CHUNK,
     OutputTail,
     exit_status,
     find_session_process,
@@ -113,6 +115,46 @@ def test_tail_follows_appends_and_keeps_the_last_unterminated_line(tmp_path: Pat
     assert seen == ["new one"]
     tail.finish(publish)
     assert seen == ["new one", "half"]
+
+
+def test_a_big_burst_is_published_over_several_bounded_pumps(tmp_path: Path) -> None:
+    path = tmp_path / "stdout.txt"
+    lines = [f"bench {seq} {'x' * (seq % 50 + 1)}" for seq in range(20_000)]
+    path.write_bytes("".join(line + "\n" for line in lines).encode() + b"partial")
+    tail = OutputTail(path, "stdout")
+    seen: list[str] = []
+    publish = lambda kind, data: seen.append(data.message)  # noqa: E731
+    published_per_pump: list[int] = []
+    read = 0
+    while True:
+        before = len(seen)
+        if not tail.pump(publish):
+            break
+        published_per_pump.append(len(seen) - before)
+        assert tail.position is not None
+        now_read = tail.position + tail.splitter.pending
+        assert 0 < now_read - read <= READ_CHUNK
+        read = now_read
+    assert len(published_per_pump) > 5
+    assert max(published_per_pump) <= MAX_LINES_PER_PUMP
+    assert seen == lines  # every line, in order
+    # The read position is just past the last complete line: a successor resumes there.
+    assert tail.position == path.stat().st_size - len(b"partial")
+    tail.finish(publish)
+    assert seen == [*lines, "partial"]
+
+
+def test_many_short_lines_are_bounded_by_line_count(tmp_path: Path) -> None:
+    path = tmp_path / "stdout.txt"
+    count = MAX_LINES_PER_PUMP * 2 + 7
+    path.write_bytes(b"".join(b"%d\n" % (n % 10) for n in range(count)))
+    tail = OutputTail(path, "stdout")
+    seen: list[str] = []
+    assert tail.pump(lambda kind, data: seen.append(data.message)) is True
+    assert len(seen) == MAX_LINES_PER_PUMP
+    assert tail.position == 2 * MAX_LINES_PER_PUMP  # the rest is read next time
+    tail.finish(lambda kind, data: seen.append(data.message))
+    assert seen == [str(n % 10) for n in range(count)]
 
 
 def test_a_missing_output_file_is_quiet(tmp_path: Path) -> None:

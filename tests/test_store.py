@@ -297,6 +297,34 @@ def test_all_is_newest_first_and_cached(store: StateStore, settings: Settings) -
     assert [s.id for s in store.all()] == ["a", "c"]
 
 
+def test_views_are_kept_until_sessions_or_tasks_change(store: StateStore,
+                                                        settings: Settings) -> None:
+    builds: list[list[str]] = []
+
+    def task_ids() -> list[str]:
+        builds.append([t.id for s in store.all() for t in s.tasks])
+        return builds[-1]
+
+    write(settings.sessions_dir / "a" / "tasks.json", [{"id": "t1", "status": "pending"}])
+    store.apply_file(write(settings.sessions_dir / "a" / "session.json", session_doc("a")))
+    assert store.view("ids", task_ids) == ["t1"]
+    assert store.view("ids", task_ids) is builds[0]  # kept, not built again
+    store.apply_file(write(settings.sessions_dir / "a" / "tasks.json",
+                           [{"id": "t1", "status": "running"}, {"id": "t2", "status": "queued"}]))
+    assert store.view("ids", task_ids) == ["t1", "t2"]
+    store.apply_file(write(settings.sessions_dir / "a" / "tasks.json",
+                           [{"id": "t1", "status": "running"}, {"id": "t2", "status": "queued"}]))
+    assert len(builds) == 2  # identical bytes: nothing changed
+    store.apply_file(write(settings.sessions_dir / "b" / "session.json",
+                           session_doc("b", startedAt="2026-02-01T00:00:00.000Z")))
+    write(settings.sessions_dir / "b" / "tasks.json", [{"id": "t3", "status": "pending"}])
+    store.apply_file(settings.sessions_dir / "b" / "tasks.json")
+    assert store.view("ids", task_ids) == ["t3", "t1", "t2"]
+    store.remove("b")
+    assert store.view("ids", task_ids) == ["t1", "t2"]
+    assert len(builds) == 4
+
+
 def test_rescan_publishes_what_changed_while_not_watching(store: StateStore,
                                                          events: Recorder,
                                                          settings: Settings) -> None:

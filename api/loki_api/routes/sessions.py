@@ -28,17 +28,12 @@ from ..models import (
     TaskCounts,
 )
 from ..params import MAX_LIMIT, json_response, query_choice, query_int, read_json
-from ..runtime import Runtime
 from ..sessions.manager import ACTIVE_STATUSES, SessionManager
 from ..state import SessionState, StateStore, valid_session_id
+from .events import runtime_of
 
 DEFAULT_LIMIT = 100
 MAX_INPUT_BYTES = 64 * 1024
-
-
-def runtime_of(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
 
 
 def manager_of(request: Request) -> SessionManager:

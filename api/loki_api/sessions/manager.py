@@ -398,22 +398,26 @@ class SessionManager:
         # Through the store, so a fact also reported by a state file is published once.
         publish = partial(self.store.report, sup.id)
         tails = sup.tails
+        exited, code = False, None
         try:
             while True:
                 got = False
-                for tail in tails:
+                for tail in tails:  # one bounded chunk each
                     got = tail.pump(publish) or got
                 if got:
                     if time.monotonic() - sup.offsets_saved_at > OFFSET_SAVE_INTERVAL:
                         # A server killed with SIGKILL resumes from here: at worst a
                         # fraction of a second of lines is published again, none lost.
                         sup.save_offsets()
-                    await anyio.sleep(0)  # let the streams write before the next chunk
+                    # Let the streams write this chunk, then read on at once.
+                    await anyio.sleep(0)
                     continue
-                exited, code = sup.exited()
                 if exited:
-                    break
-                await sup.idle()
+                    break  # drained after the exit too
+                exited, code = sup.exited()
+                if not exited:
+                    await sup.idle()
+                # Else one more pass: what it wrote just before exiting, chunk by chunk.
             self._drain(sup)
             self._finished(sup, code)
         finally:

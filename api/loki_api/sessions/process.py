@@ -28,7 +28,11 @@ from .output import LineSplitter, Stream, parse_line
 STDOUT_FILE = "stdout.txt"
 STDERR_FILE = "stderr.txt"
 EXIT_FILE = "exit.json"
-READ_CHUNK = 256 * 1024
+# One `pump` publishes at most this much, so a burst of output goes out over
+# several event-loop steps and the streams write in between (a whole burst in
+# one step would overflow every subscriber's pending frames).
+READ_CHUNK = 64 * 1024
+MAX_LINES_PER_PUMP = 4096
 
 Publish = Callable[[str, Model], object]
 
@@ -97,18 +101,25 @@ class OutputTail:
             self._file = None
 
     def pump(self, publish: Publish) -> bool:
-        """Publish every complete line written since the last call. True if any bytes came."""
-        if self._file is None:
+        """Publish the complete lines of at most one chunk of new output.
+
+        A chunk is at most `READ_CHUNK` bytes and `MAX_LINES_PER_PUMP` lines.
+        True when bytes were read: more may be waiting, so call again (after
+        letting the loop run); False when there was nothing new.
+        """
+        file = self._file
+        if file is None:
             return False
-        got = False
-        while True:
-            chunk = self._file.read(READ_CHUNK)
-            if not chunk:
-                return got
-            got = True
-            self._emit(self.splitter.feed(chunk), publish)
-            if len(chunk) < READ_CHUNK:
-                return got
+        chunk = file.read(READ_CHUNK)
+        if not chunk:
+            return False
+        if chunk.count(b"\n") > MAX_LINES_PER_PUMP:
+            # Many short lines: keep the first MAX_LINES_PER_PUMP, read the rest next time.
+            rest = len(chunk.split(b"\n", MAX_LINES_PER_PUMP)[-1])
+            file.seek(-rest, os.SEEK_CUR)
+            chunk = chunk[:len(chunk) - rest]
+        self._emit(self.splitter.feed(chunk), publish)
+        return True
 
     @property
     def position(self) -> int | None:
@@ -119,7 +130,8 @@ class OutputTail:
 
     def finish(self, publish: Publish) -> None:
         """Drain what is left, including a last line without a newline, and close."""
-        self.pump(publish)
+        while self.pump(publish):
+            pass
         self._emit(self.splitter.finish(), publish)
         self.close()
 

@@ -19,9 +19,9 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -48,6 +48,8 @@ from .documents import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -142,6 +144,8 @@ class StateStore:
         self.sessions_dir = settings.sessions_dir
         self._sessions: dict[str, SessionState] = {}
         self._sorted: list[SessionState] | None = None
+        # Values derived from the sorted sessions and their tasks (see `view`).
+        self._views: dict[Hashable, Any] = {}
         self.current_session: str | None = None
         self._clock: Callable[[], float] = time.time
 
@@ -157,7 +161,23 @@ class StateStore:
                 self._sessions.values(),
                 key=lambda s: (s.record.started_at or "", s.id), reverse=True,
             )
+            self._views.clear()
         return self._sorted
+
+    def view(self, key: Hashable, build: Callable[[], T]) -> T:
+        """`build()`'s value, kept under `key` until the sessions change.
+
+        For listings REST would otherwise recompute per request (all tasks,
+        newest first). Dropped when a session is added, removed or re-ordered
+        (whenever `all()` sorts again) or any session's tasks change; a value
+        that reads session statuses must re-check them itself.
+        """
+        self.all()  # sorts again, and drops the views, after a change
+        try:
+            value: T = self._views[key]
+        except KeyError:
+            value = self._views[key] = build()
+        return value
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -360,6 +380,7 @@ class StateStore:
                 return
             changes = diff.task_changes(state.tasks, tasks)
             state.tasks = tasks
+            self._views.clear()
         elif name == AGENTS_FILE:
             agents = decode_agents(raw, state.id)
             if agents is None:
