@@ -7,9 +7,10 @@ import errno
 import os
 import select
 import stat
-import tempfile
 from pathlib import Path
 from typing import Literal
+
+from ..atomic import write_atomically
 
 PAUSE_FILE = "PAUSE"
 STOP_FILE = "STOP"
@@ -72,16 +73,3 @@ def append_atomically(path: Path, data: bytes) -> None:
     if existing and not existing.endswith(b"\n"):
         existing += b"\n"
     write_atomically(path, existing + data)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` (temp file + rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

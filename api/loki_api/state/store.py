@@ -13,11 +13,8 @@ Must be used from the event loop's thread (it publishes on the bus).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -25,6 +22,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from ..atomic import write_atomically
 from ..bus import EventBus, iso_timestamp
 from ..encoding import encode
 from ..models import Agent, Session, Task
@@ -76,22 +74,6 @@ def _mtime_iso(path: Path) -> str | None:
         return iso_timestamp(path.stat().st_mtime)
     except OSError:
         return None
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, then rename it over `path`.
-
-    Readers see the old file or the new one, never half of one.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class SessionState:
