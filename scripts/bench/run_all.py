@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], int]] = {
     "idle_streams": (["--baseline"], ["--streams", "1000", "--window", "3"], 1200),
     "rest": ([], ["--duration", "2", "--runs", "1"], 400),
     "stop_latency": ([], ["--runs", "5"], 300),
+    "send_floor": ([], ["--subscribers", "200", "--rounds", "50"], 120),
 }
 
 
@@ -92,6 +93,10 @@ CHECKS: dict[str, list[Check]] = {
     "stop_latency": [
         ("stop answered, p99 ms", "≤ 50", lambda r: r["summary"]["answer_p99_ms"],
          lambda v: v <= 50),
+    ],
+    "send_floor": [
+        ("kernel floor: ms to send one frame to 1,000 loopback sockets (p50)", "(info)",
+         lambda r: r["round_p50_ms"] if r["subscribers"] == 1000 else None, lambda v: True),
     ],
 }
 
