@@ -104,7 +104,7 @@ CHECKS: dict[str, list[Check]] = {
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path,
-                        default=Path("bench-results") / time.strftime("%Y%m%d-%H%M%S"))
+                        default=Path(".bench") / time.strftime("%Y%m%d-%H%M%S"))
     parser.add_argument("--only", help="comma list of benchmarks: " + ", ".join(BENCHMARKS))
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     parser.add_argument("--profile", action="store_true", help="py-spy the fan-out burst")
