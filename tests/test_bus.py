@@ -131,3 +131,26 @@ def test_only_a_blocked_stream_is_cut_off() -> None:
     writing.blocked = True  # now the socket is full
     bus.publish("log:info", log(99))
     assert writing.overflowed and writing.closed
+
+
+@pytest.mark.anyio
+async def test_a_failing_stream_does_not_starve_the_others() -> None:
+    import anyio
+
+    bus = EventBus()
+    bus.bind_loop()
+    broken, _ = bus.subscribe()  # its group comes first, so it is told first
+    healthy, _ = bus.subscribe(EventFilter.parse("s1", None, None))
+    got: list[int] = []
+
+    def explode() -> None:
+        raise RuntimeError("socket gone wrong")
+
+    for sub in (broken, healthy):
+        sub.blocked = False
+    broken.on_ready = explode
+    healthy.on_ready = lambda: got.append(len(healthy.take()))
+    bus.publish("log:info", log(1), "s1")
+    await anyio.sleep(0.01)
+    assert got == [1]
+    assert broken.closed and bus.subscriber_count == 1

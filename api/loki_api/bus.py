@@ -20,6 +20,7 @@ All methods must be called from the event loop's thread; threads use
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -30,6 +31,8 @@ from .encoding import decode_raw_event, encode
 from .eventlog import EventLog, seq_of
 from .filters import MATCH_ALL, EventFilter
 from .models import Event
+
+log = logging.getLogger(__name__)
 
 PING_FRAME = b": ping\n\n"
 
@@ -201,7 +204,12 @@ class EventBus:
         for subscriber in dirty:
             subscriber.dirty = False
             if subscriber.on_ready is not None:
-                subscriber.on_ready()
+                try:
+                    subscriber.on_ready()
+                except Exception:  # one broken stream must not starve the others
+                    log.exception("event stream write failed; dropping the subscriber")
+                    subscriber.on_ready = None
+                    self.close_subscriber(subscriber)
 
     def flush(self) -> None:
         if self._log is not None:
