@@ -51,6 +51,9 @@ def test_history_filters_limit_and_after() -> None:
     assert [e.seq for e in bus.history(limit=2)] == [9, 10]
     after = bus.history(after_id=bus.history()[6].frame.split(b"\n")[0][4:].decode())
     assert [e.seq for e in after] == [8, 9, 10]
+    first_id = bus.history()[0].frame.split(b"\n")[0][4:].decode()
+    assert [e.seq for e in bus.history(after_id=first_id, limit=3)] == [2, 3, 4]  # pages forward
+    assert bus.history(limit=0) == []
     with pytest.raises(ValueError):
         bus.history(after_id="bogus")
 

@@ -163,5 +163,7 @@ async def test_rate_limit(tmp_path: Path) -> None:
         limited = answers[3]
         assert limited.json()["code"] == "RATE_LIMITED"
         assert int(limited.headers["retry-after"]) >= 1
+        stream = await c.get("/api/events", params={"types": "bogus"})  # same budget
+        assert stream.status_code == 429
         probe = await c.get("/health/live")  # probes are not limited
         assert probe.status_code == 200 and "x-ratelimit-limit" not in probe.headers

@@ -17,7 +17,7 @@ from .errors import ApiError, _api_error, _http_error, make_unexpected_handler
 from .routes import build_routes
 from .routes.events import EventStreamApp
 from .runtime import Runtime
-from .security import EVENTS_PATH, RateLimitMiddleware, SecurityMiddleware
+from .security import EVENTS_PATH, RateLimitMiddleware, RateWindows, SecurityMiddleware
 from .settings import Settings
 
 # Default CORS: pages served from a loopback origin, on any port.
@@ -57,7 +57,7 @@ class LokiApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def stream_stack(settings: Settings) -> ASGIApp:
+def stream_stack(settings: Settings, windows: RateWindows) -> ASGIApp:
     """The event stream's own short stack: Host guard and auth, rate limit, then the stream."""
     cors = None
     if settings.cors:
@@ -65,7 +65,7 @@ def stream_stack(settings: Settings) -> ASGIApp:
         cors = CORSMiddleware(app=_no_app, **spec.kwargs)
     app: ASGIApp = EventStreamApp(cors)
     if settings.rate_limit > 0:
-        app = RateLimitMiddleware(app, per_minute=settings.rate_limit)
+        app = RateLimitMiddleware(app, per_minute=settings.rate_limit, windows=windows)
     return SecurityMiddleware(app, settings=settings)
 
 
@@ -83,15 +83,17 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         async with runtime.run():
             yield
 
+    windows = RateWindows()
     middleware: list[Middleware] = []
     if settings.cors:
         middleware.append(cors_middleware(settings))
     middleware.append(Middleware(SecurityMiddleware, settings=settings))
     if settings.rate_limit > 0:
-        middleware.append(Middleware(RateLimitMiddleware, per_minute=settings.rate_limit))
+        middleware.append(Middleware(RateLimitMiddleware, per_minute=settings.rate_limit,
+                                     windows=windows))
 
     app = LokiApp(
-        stream_app=stream_stack(settings),
+        stream_app=stream_stack(settings, windows),
         routes=build_routes(),
         middleware=middleware,
         lifespan=lifespan,

@@ -294,19 +294,27 @@ class EventBus:
         limit: int | None = None,
         after_id: str | None = None,
     ) -> list[StoredEvent]:
-        """Matching events in order, optionally only those after `after_id`, the last `limit`."""
+        """Matching events in order.
+
+        With `after_id`: the first `limit` events after it (paging forward, as a
+        resuming client reads). Without: the last `limit` events.
+        """
         after_seq = seq_of(after_id) if after_id is not None else None
         if after_id is not None and after_seq is None:
             raise ValueError(f"not an event id: {after_id!r}")
+        if limit is not None and limit <= 0:
+            return []
         selected: list[StoredEvent] = []
         for stored in reversed(self._history):
             if after_seq is not None and stored.seq <= after_seq:
                 break
             if event_filter.matches(stored.type, stored.session_id):
                 selected.append(stored)
-                if limit is not None and len(selected) >= limit:
+                if after_seq is None and limit is not None and len(selected) >= limit:
                     break
         selected.reverse()
+        if after_seq is not None and limit is not None:
+            del selected[limit:]
         return selected
 
     def oldest_seq(self) -> int | None:

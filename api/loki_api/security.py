@@ -110,13 +110,22 @@ class SecurityMiddleware:
         return None
 
 
+class RateWindows:
+    """Request counts per client address: `{address: (minute, count)}`."""
+
+    def __init__(self) -> None:
+        self.by_client: dict[str, tuple[int, int]] = {}
+
+
 class RateLimitMiddleware:
     """Fixed one-minute windows per client address; `/health*` is not counted."""
 
-    def __init__(self, app: ASGIApp, per_minute: int) -> None:
+    def __init__(self, app: ASGIApp, per_minute: int, windows: RateWindows | None = None) -> None:
         self.app = app
         self.limit = per_minute
-        self._windows: dict[str, tuple[int, int]] = {}
+        # Shared by every stack of one app (the event stream has its own), so a
+        # client gets `per_minute` requests in all, not per stack.
+        self.windows = windows if windows is not None else RateWindows()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -127,13 +136,15 @@ class RateLimitMiddleware:
         key = str(client[0]) if client else "?"
         now = time.time()
         window = int(now // 60)
-        start, count = self._windows.get(key, (window, 0))
+        windows = self.windows.by_client
+        start, count = windows.get(key, (window, 0))
         if start != window:
             start, count = window, 0
-            if len(self._windows) > 10_000:  # forget old windows instead of growing forever
-                self._windows = {k: v for k, v in self._windows.items() if v[0] == window}
+            if len(windows) > 10_000:  # forget old windows instead of growing forever
+                for stale in [k for k, v in windows.items() if v[0] != window]:
+                    del windows[stale]
         count += 1
-        self._windows[key] = (start, count)
+        windows[key] = (start, count)
         reset = (window + 1) * 60
         headers = [
             (b"x-ratelimit-limit", str(self.limit).encode()),
