@@ -116,3 +116,20 @@ def test_a_spawn_line_without_an_id_and_the_agents_file_are_one_agent() -> None:
     assert b.admit("agent:completed", named)
     assert b.admit("agent:spawned", line)  # a new developer once the first has finished
     assert None is b.admit("agent:spawned", AgentEventData(agent_id="agent-002", type="developer"))
+
+
+def test_a_phase_line_completes_the_previous_phase_first(tmp_path: Path) -> None:
+    bus = EventBus()
+    events = Recorder(bus)
+    store = StateStore(Settings(loki_dir=tmp_path), bus)
+    store.load()
+    state = store.create(Session(id="s1", status="running"))
+    store.report("s1", "phase:started", PhaseEventData(phase="planning"))
+    store.report("s1", "phase:started", PhaseEventData(phase="development"))
+    write(state.dir / "phase.json", {"current": "development", "previous": "planning"})
+    store.apply_file(state.dir / "phase.json")
+    taken = events.take()
+    assert [(t, d.get("phase")) for t, d in taken] == [
+        ("session:started", None), ("phase:started", "planning"),
+        ("phase:completed", "planning"), ("phase:started", "development")]
+    assert taken[-1][1]["previousPhase"] == "planning"

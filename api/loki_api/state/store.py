@@ -25,7 +25,7 @@ import msgspec
 from ..atomic import write_atomically
 from ..bus import EventBus, iso_timestamp
 from ..encoding import encode
-from ..models import Agent, Session, Task
+from ..models import Agent, PhaseEventData, Session, Task
 from ..settings import Settings
 from . import diff
 from .announcements import Announcements
@@ -433,6 +433,11 @@ class StateStore:
         """
         state = self._sessions.get(session_id)
         if state is not None:
+            if event_type == "phase:started" and isinstance(data, PhaseEventData):
+                # Through the same rule as phase.json: the old phase completes first.
+                self._publish(state, self._phase_to(
+                    state, data.phase, previous=data.previous_phase, progress=data.progress))
+                return
             if event_type.startswith("session:"):
                 if state.last_event == event_type:
                     return
