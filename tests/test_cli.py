@@ -101,3 +101,7 @@ def test_banner_and_graceful_signal(loki_dir: Path, sig: int) -> None:
     banner = proc.output()
     assert "Loki API" in banner and str(loki_dir / ".loki") in banner and "auth" in banner
     assert proc.stop(sig) == 0
+
+
+def test_api_port_zero_does_not_fall_back() -> None:
+    assert settings([], {"LOKI_API_PORT": "0", "LOKI_DASHBOARD_PORT": "7000"}).port == 0

@@ -131,3 +131,15 @@ def test_splitter_cuts_a_long_line_inside_one_chunk() -> None:
 
 def test_splitter_decodes_invalid_utf8_without_failing() -> None:
     assert LineSplitter().feed(b"caf\xc3\xa9 \xff\n") == ["café \ufffd"]
+
+
+def test_full_type_lines_take_what_the_type_implies() -> None:
+    assert parse_line('{"type": "log:error", "data": {"message": "m"}}') == (
+        "log:error", LogEventData(level="error", message="m"))
+    assert parse_line('{"type": "log:error", "data": {"level": "info", "message": "m"}}') == (
+        "log:error", LogEventData(level="error", message="m"))
+    event_type, data = parse_line('{"type": "task:completed", "data": {"taskId": "t1"}}')
+    assert event_type == "task:completed"
+    assert (data.task_id, data.title, data.status) == ("t1", "Untitled", "completed")
+    # Without the one field nothing can stand in for, it is just a line of text.
+    assert parse_line('{"type": "task:completed", "data": {"title": "x"}}')[0] == "log:info"

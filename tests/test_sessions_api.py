@@ -356,3 +356,16 @@ async def test_without_a_cli_start_is_503(loki_dir: Path, tmp_path: Path) -> Non
         assert "--simulate" in body["error"] and "LOKI_CLI" in body["error"]
         assert client.get("/health").json()["status"] == "degraded"
 
+
+
+def test_a_running_session_of_someone_else_cannot_be_deleted(loki_dir: Path) -> None:
+    directory = loki_dir / ".loki" / "sessions" / "ext9"
+    directory.mkdir(parents=True)
+    (directory / "session.json").write_text('{"id": "ext9", "status": "running"}')
+    with ServerProcess(loki_dir) as server, httpx.Client(base_url=server.url) as client:
+        refused = client.delete("/api/sessions/ext9")
+        assert refused.status_code == 409 and refused.json()["code"] == "CONFLICT"
+        assert directory.is_dir()
+        assert client.post("/api/sessions/ext9/stop").status_code == 200  # marks it stopped
+        assert client.delete("/api/sessions/ext9").status_code == 200
+        assert not directory.exists()

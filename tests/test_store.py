@@ -356,3 +356,11 @@ def test_record_on_disk_decodes_as_session(store: StateStore) -> None:
     state = store.create(Session(id="s1", provider="codex"))
     record = msgspec.json.decode((state.dir / "session.json").read_bytes(), type=Session)
     assert record == state.record
+
+
+def test_session_ids_must_match_whole() -> None:
+    from loki_api.state.store import valid_session_id
+
+    assert valid_session_id("session_1_ab.c-d")
+    for bad in ("abc\n", ".", "..", "../x", "a/b", "", "-x", "x" * 129):
+        assert not valid_session_id(bad), bad

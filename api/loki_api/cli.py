@@ -61,8 +61,10 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     def pick(flag: object, env_value: object, default: object) -> object:
         return flag if flag is not None else (env_value if env_value is not None else default)
 
-    port = pick(args.port, env_int(env, "LOKI_API_PORT") or env_int(env, "LOKI_DASHBOARD_PORT"),
-                DEFAULT_PORT)
+    env_port = env_int(env, "LOKI_API_PORT")
+    if env_port is None:
+        env_port = env_int(env, "LOKI_DASHBOARD_PORT")
+    port = pick(args.port, env_port, DEFAULT_PORT)
     log_level = args.log_level or env.get("LOKI_LOG_LEVEL", "").lower() or (
         "debug" if env.get("LOKI_DEBUG", "").lower() in ("1", "true", "yes") else "info")
     if log_level == "warn":

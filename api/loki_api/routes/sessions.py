@@ -75,7 +75,7 @@ def resolve_prd(loki_dir: Path, prd_path: str) -> Path:
     """The PRD file (relative paths are relative to the loki-dir), or 422."""
     if not prd_path.strip() or "\0" in prd_path:
         raise ValidationFailed("prdPath must be a file path", details={"field": "prdPath"})
-    path = Path(prd_path).expanduser()
+    path = Path(prd_path)  # no ~ expansion: the CLI gets this string as it is
     if not path.is_absolute():
         path = loki_dir / path
     try:

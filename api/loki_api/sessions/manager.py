@@ -310,9 +310,12 @@ class SessionManager:
     def delete(self, session_id: str) -> None:
         """Forget a finished session and remove its state directory."""
         state = self._session(session_id)
+        record = state.record
+        # Running unless we know better: a record with no pid (someone else's
+        # session) is taken at its word; stop it first (that marks it stopped).
         if session_id in self._supervised or (
-                state.record.status in ACTIVE_STATUSES and state.record.pid
-                and process_alive(state.record.pid)):
+                record.status in ACTIVE_STATUSES
+                and (record.pid is None or process_alive(record.pid))):
             raise Conflict(f"Session {session_id} is still running; stop it first")
         self.store.remove(session_id)
         shutil.rmtree(state.dir, ignore_errors=True)

@@ -86,13 +86,38 @@ def _parse_json(line: str) -> Parsed | None:
     try:
         data_type = EVENT_TYPES.get(kind)
         if data_type is not None:
-            return kind, msgspec.convert(data, data_type)
+            return kind, msgspec.convert(_with_implied_fields(kind, data), data_type)
         short = _SHORT_FORMS.get(kind)
         if short is not None:
             return short(data)
     except (msgspec.ValidationError, TypeError, ValueError):
         pass
     return "log:info", LogEventData(level="info", message=line)
+
+
+# What an event's type already says about its data, when the line leaves it out.
+_STATUS_OF_TYPE = {
+    "task:created": "pending", "task:started": "running", "task:progress": "running",
+    "task:completed": "completed", "task:failed": "failed",
+    "session:started": "running", "session:paused": "paused", "session:resumed": "running",
+    "session:stopped": "stopped", "session:completed": "completed", "session:failed": "failed",
+}
+
+
+def _with_implied_fields(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` completed from its type: a `log:error` line is level error, whatever it says;
+    a task without a title is "Untitled"; a missing status follows the type."""
+    domain = kind.split(":", 1)[0]
+    if domain == "log":
+        return {**data, "level": kind[4:]}
+    implied: dict[str, Any] = {}
+    if kind in _STATUS_OF_TYPE:
+        implied["status"] = _STATUS_OF_TYPE[kind]
+    if domain == "task":
+        implied["title"] = data.get("subject") or "Untitled"
+    elif domain == "agent":
+        implied["type"] = "unknown"
+    return {**implied, **data}
 
 
 def _text(data: dict[str, Any], *keys: str) -> str | None:

@@ -58,7 +58,7 @@ CHILD_FIELDS = ("current_phase", "task_count", "completed_tasks")
 
 def valid_session_id(session_id: str) -> bool:
     """True when `session_id` may be joined into a path (SPEC §3)."""
-    return bool(SESSION_ID.match(session_id))
+    return SESSION_ID.fullmatch(session_id) is not None
 
 
 def _read(path: Path) -> bytes | None:
