@@ -167,3 +167,11 @@ async def test_rate_limit(tmp_path: Path) -> None:
         assert stream.status_code == 429
         probe = await c.get("/health/live")  # probes are not limited
         assert probe.status_code == 200 and "x-ratelimit-limit" not in probe.headers
+
+
+@pytest.mark.anyio
+async def test_stream_refusals_carry_cors_headers(remote: httpx.AsyncClient) -> None:
+    origin = "http://localhost:5173"
+    refused = await remote.get("/api/events", headers={"Origin": origin})
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == origin

@@ -63,10 +63,13 @@ def stream_stack(settings: Settings, windows: RateWindows) -> ASGIApp:
     if settings.cors:
         spec = cors_middleware(settings)
         cors = CORSMiddleware(app=_no_app, **spec.kwargs)
-    app: ASGIApp = EventStreamApp(cors)
+    stream = EventStreamApp(cors)
+    app: ASGIApp = stream
+    # Refusals (401, 403, 429) carry CORS headers too, so a browser can read them.
     if settings.rate_limit > 0:
-        app = RateLimitMiddleware(app, per_minute=settings.rate_limit, windows=windows)
-    return SecurityMiddleware(app, settings=settings)
+        app = RateLimitMiddleware(app, per_minute=settings.rate_limit, windows=windows,
+                                  error_headers=stream.cors_headers)
+    return SecurityMiddleware(app, settings=settings, error_headers=stream.cors_headers)
 
 
 async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:  # pragma: no cover

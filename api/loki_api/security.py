@@ -18,6 +18,7 @@ import hmac
 import ipaddress
 import math
 import time
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -71,9 +72,15 @@ def presented_token(scope: Scope) -> str | None:
     return None
 
 
+# Extra headers for a refusal, from the request (the event stream adds CORS headers).
+ErrorHeaders = Callable[[Scope], list[tuple[bytes, bytes]]]
+
+
 class SecurityMiddleware:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings,
+                 error_headers: ErrorHeaders | None = None) -> None:
         self.app = app
+        self.error_headers = error_headers
         self.settings = settings
         self._token = settings.token.encode() if settings.token else None
 
@@ -85,7 +92,10 @@ class SecurityMiddleware:
         if problem is not None:
             status, code, message = problem
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-            await error_response(status, message, code, headers=headers)(scope, receive, send)
+            response = error_response(status, message, code, headers=headers)
+            if self.error_headers is not None:
+                response.raw_headers.extend(self.error_headers(scope))
+            await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -120,8 +130,10 @@ class RateWindows:
 class RateLimitMiddleware:
     """Fixed one-minute windows per client address; `/health*` is not counted."""
 
-    def __init__(self, app: ASGIApp, per_minute: int, windows: RateWindows | None = None) -> None:
+    def __init__(self, app: ASGIApp, per_minute: int, windows: RateWindows | None = None,
+                 error_headers: ErrorHeaders | None = None) -> None:
         self.app = app
+        self.error_headers = error_headers
         self.limit = per_minute
         # Shared by every stack of one app (the event stream has its own), so a
         # client gets `per_minute` requests in all, not per stack.
@@ -157,6 +169,8 @@ class RateLimitMiddleware:
                                       details={"limit": self.limit, "retryAfter": int(retry)},
                                       headers={"Retry-After": retry})
             response.raw_headers.extend(headers)
+            if self.error_headers is not None:
+                response.raw_headers.extend(self.error_headers(scope))
             await response(scope, receive, send)
             return
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -76,7 +77,7 @@ class EventStreamApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        headers = self._cors_headers(request)
+        headers = self.cors_headers(scope)
         try:
             stream = await stream_events(request)
         except ApiError as exc:
@@ -88,8 +89,9 @@ class EventStreamApp:
         stream.headers.extend(headers)
         await stream(scope, receive, send)
 
-    def _cors_headers(self, request: Request) -> list[tuple[bytes, bytes]]:
-        origin = request.headers.get("origin")
+    def cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        """The CORS headers for this request's `Origin` (none when it is not allowed)."""
+        origin = Headers(scope=scope).get("origin")
         if self.cors is None or origin is None or not self.cors.is_allowed_origin(origin):
             return []
         headers = [(b"access-control-allow-origin", origin.encode("latin-1")),
