@@ -25,7 +25,11 @@ from .sessions.manager import SessionManager
 from .settings import Settings
 from .state import StateStore
 from .state.heartbeat import run_heartbeat
+from .state.snapshot import SnapshotDir
 from .watcher import StateWatcher
+
+# Seconds between saves of changed sessions' snapshots (what a restart diffs against).
+SNAPSHOT_INTERVAL = 0.25
 
 # A readiness check answers None when healthy, else a one-line reason.
 Check = Callable[[], str | None]
@@ -41,6 +45,7 @@ class Runtime:
         self.bus = EventBus(history=settings.history, max_pending=settings.max_pending)
         self.checks: dict[str, Check] = {"stateDir": self.state_dir_writable}
         self.store = StateStore(settings, self.bus)
+        self.snapshots = SnapshotDir(settings.events_dir / "snapshots")
         self.sessions = SessionManager(settings, self.store, self.bus)
         self.watcher = StateWatcher(settings, self.store, self.bus,
                                     on_output=self.sessions.wake)
@@ -60,7 +65,8 @@ class Runtime:
         self.bus.attach_log(event_log)
         self.bus.bind_loop()
         try:
-            self.store.load()
+            self.store.load(self.snapshots.load_all() if self.snapshots.exists() else None)
+            self.snapshots.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RuntimeError(f"cannot read sessions in {settings.sessions_dir}: {exc}") from exc
         self.started_at = time.monotonic()
@@ -71,13 +77,34 @@ class Runtime:
                 await tg.start(self.sessions.run)
                 await tg.start(self.watcher.run)
                 tg.start_soon(run_heartbeat, self.store, self.bus, settings.heartbeat)
+                tg.start_soon(self._save_snapshots)
                 # Everything alive now lives as long as the server: keep it out of the
                 # garbage collector's scans, which otherwise show up as latency spikes.
                 gc.freeze()
                 yield
                 tg.cancel_scope.cancel()
         finally:
+            self.save_snapshots()
             self.bus.close()
+
+    async def _save_snapshots(self) -> None:
+        while True:
+            await anyio.sleep(SNAPSHOT_INTERVAL)
+            self.save_snapshots()
+
+    def save_snapshots(self) -> None:
+        """Write the snapshot of every session that changed since the last save."""
+        changed, self.store.changed = self.store.changed, set()
+        for session_id in changed:
+            snapshot = self.store.snapshot_of(session_id)
+            try:
+                if snapshot is None:
+                    self.snapshots.remove(session_id)
+                else:
+                    self.snapshots.save(session_id, snapshot)
+            except OSError as exc:
+                log.warning("cannot save the state snapshot of %s: %s", session_id, exc)
+                self.store.changed.add(session_id)
 
     async def _keepalive(self) -> None:
         while True:

@@ -110,3 +110,31 @@ class Announcements:
         self.agent_spawned.add(agent_id)
         return True
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able copy, for the store's snapshot."""
+        return {
+            "phaseStarted": self.phase_started, "phaseEnded": self.phase_ended,
+            "taskCreated": sorted(self.task_created), "taskStatus": self.task_status,
+            "taskProgress": self.task_progress, "agentSpawned": sorted(self.agent_spawned),
+            "agentEnded": sorted(self.agent_ended), "activeTypes": self.active_types,
+            "unnamed": self.unnamed, "aliases": self.aliases,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Announcements:
+        """Rebuild from `to_dict()` output; anything malformed starts empty."""
+        made = cls()
+        try:
+            made.phase_started = doc.get("phaseStarted")
+            made.phase_ended = dict(doc.get("phaseEnded") or {})
+            made.task_created = set(doc.get("taskCreated") or ())
+            made.task_status = dict(doc.get("taskStatus") or {})
+            made.task_progress = dict(doc.get("taskProgress") or {})
+            made.agent_spawned = set(doc.get("agentSpawned") or ())
+            made.agent_ended = set(doc.get("agentEnded") or ())
+            made.active_types = dict(doc.get("activeTypes") or {})
+            made.unnamed = dict(doc.get("unnamed") or {})
+            made.aliases = dict(doc.get("aliases") or {})
+        except (TypeError, ValueError, AttributeError):
+            return cls()
+        return made

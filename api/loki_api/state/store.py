@@ -129,6 +129,8 @@ class StateStore:
         # Values derived from the sorted sessions and their tasks (see `view`).
         self._views: dict[Hashable, Any] = {}
         self.current_session: str | None = None
+        # Sessions whose snapshot is out of date (see `snapshot.py`).
+        self.changed: set[str] = set()
         self._clock: Callable[[], float] = time.time
 
     # ------------------------------------------------------------------ reading
@@ -166,19 +168,69 @@ class StateStore:
 
     # ------------------------------------------------------------------ start-up
 
-    def load(self) -> None:
-        """Read every session directory and `state.json`, silently.
+    def load(self, snapshots: dict[str, dict[str, Any]] | None = None) -> None:
+        """Read every session directory and `state.json`.
 
-        What is already on disk was announced before (the event history holds
-        it), so loading publishes nothing.
+        Without `snapshots` (a state directory no server has run on), what is on
+        disk is taken as already announced and nothing is published. With them,
+        each session starts from what the previous server last saw, and the
+        files are diffed against that: whatever changed while no server ran
+        (a task finished, a session completed or appeared or vanished) is
+        published now.
         """
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         self._read_current_session()
+        if snapshots is not None:
+            for session_id, snapshot in snapshots.items():
+                if valid_session_id(session_id):
+                    self._restore(session_id, snapshot)
+        on_disk: set[str] = set()
         for directory in sorted(self.sessions_dir.iterdir()):
             if directory.is_dir() and valid_session_id(directory.name):
-                self._refresh(directory.name, publish=False)
+                on_disk.add(directory.name)
+                self._refresh(directory.name, publish=snapshots is not None)
+        for session_id in [s for s in self._sessions if s not in on_disk]:
+            self._session_file_removed(session_id)
         log.info("state store loaded %d session(s) from %s", len(self._sessions),
                  self.sessions_dir)
+
+    def snapshot_of(self, session_id: str) -> dict[str, Any] | None:
+        """What a successor needs to diff this session against (None: forgotten)."""
+        state = self._sessions.get(session_id)
+        if state is None:
+            return None
+        return {
+            # Raw file bytes as latin-1 text: lossless, and JSON-able.
+            "seen": {name: raw.decode("latin-1") for name, raw in state.seen.items()},
+            "phase": state.phase,
+            "lastEvent": state.last_event,
+            "announced": state.announced.to_dict(),
+        }
+
+    def _restore(self, session_id: str, snapshot: dict[str, Any]) -> None:
+        """Rebuild a session from its snapshot, silently."""
+        seen = snapshot.get("seen")
+        if not isinstance(seen, dict) or not isinstance(seen.get(SESSION_FILE), str):
+            return
+        raw = seen[SESSION_FILE].encode("latin-1")
+        record = decode_session(raw, session_id)
+        if record is None:
+            return
+        state = SessionState(session_id, self.sessions_dir / session_id, record)
+        state.seen[SESSION_FILE] = raw
+        self._sessions[session_id] = state
+        self._sorted = None
+        for name in SESSION_FILES[1:]:
+            text = seen.get(name)
+            if isinstance(text, str):
+                self._apply(state, name, text.encode("latin-1"), publish=False)
+        phase = snapshot.get("phase")
+        state.phase = phase if isinstance(phase, str) else None
+        last_event = snapshot.get("lastEvent")
+        state.last_event = last_event if isinstance(last_event, str) else None
+        announced = snapshot.get("announced")
+        if isinstance(announced, dict):
+            state.announced = Announcements.from_dict(announced)
 
     def rescan(self) -> None:
         """Re-read every session directory and publish what changed (after a watcher restart)."""
@@ -252,6 +304,7 @@ class StateStore:
         """Forget a session (its directory is the caller's to delete)."""
         if self._sessions.pop(session_id, None) is not None:
             self._sorted = None
+            self.changed.add(session_id)
         if self.current_session == session_id:
             self.current_session = None
 
@@ -260,6 +313,7 @@ class StateStore:
         state.dir.mkdir(parents=True, exist_ok=True)
         write_atomically(state.dir / SESSION_FILE, data)
         state.seen[SESSION_FILE] = data
+        self.changed.add(state.id)
 
     # ------------------------------------------------------------- file changes
 
@@ -371,6 +425,7 @@ class StateStore:
         else:
             return
         state.seen[name] = raw
+        self.changed.add(state.id)
         if publish:
             self._publish(state, changes)
         else:
@@ -433,6 +488,7 @@ class StateStore:
         """
         state = self._sessions.get(session_id)
         if state is not None:
+            self.changed.add(session_id)
             if event_type == "phase:started" and isinstance(data, PhaseEventData):
                 # Through the same rule as phase.json: the old phase completes first.
                 self._publish(state, self._phase_to(
@@ -449,6 +505,7 @@ class StateStore:
         self.bus.publish(event_type, data, session_id)
 
     def _publish(self, state: SessionState, changes: list[Change]) -> None:
+        self.changed.add(state.id)
         state.last_event = diff.last_session_event(changes, state.last_event)
         admit = state.announced.admit
         for event_type, data in changes:
