@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -95,3 +96,27 @@ def test_a_restarted_server_publishes_what_changed_while_it_was_down(loki_dir: P
         history = httpx.get(f"{server.url}/api/events/history",
                             params={"sessionId": "ext1"}).json()["events"]
     assert sorted(e["type"] for e in history) == ["session:completed", "task:completed"]
+
+
+def test_log_lines_written_while_down_are_published(loki_dir: Path) -> None:
+    directory = session_files(loki_dir, "ext2", "running", [])
+    log_file = directory / "agent.log"
+    log_file.write_text("[INFO] before\n")
+    with ServerProcess(loki_dir) as server:
+        httpx.get(f"{server.url}/health/live")
+        with log_file.open("a") as f:
+            f.write("[INFO] seen live\n")
+        for _ in range(500):  # until the first server has published it
+            events = httpx.get(f"{server.url}/api/events/history",
+                               params={"sessionId": "ext2"}).json()["events"]
+            if events:
+                break
+            time.sleep(0.01)
+    with log_file.open("a") as f:
+        f.write("[WARN] written while down\n[ERROR] also while down\n")
+    with ServerProcess(loki_dir) as server:
+        events = httpx.get(f"{server.url}/api/events/history",
+                           params={"sessionId": "ext2"}).json()["events"]
+    messages = [(e["type"], e["data"]["message"]) for e in events]
+    assert messages == [("log:info", "seen live"), ("log:warn", "written while down"),
+                        ("log:error", "also while down")]

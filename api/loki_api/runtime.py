@@ -14,6 +14,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -23,7 +25,7 @@ from .models import ReadyCheck, SessionCounts
 from .providers import ProviderCache
 from .sessions.manager import SessionManager
 from .settings import Settings
-from .state import StateStore
+from .state import StateStore, valid_session_id
 from .state.heartbeat import run_heartbeat
 from .state.snapshot import SnapshotDir
 from .watcher import StateWatcher
@@ -65,7 +67,9 @@ class Runtime:
         self.bus.attach_log(event_log)
         self.bus.bind_loop()
         try:
-            self.store.load(self.snapshots.load_all() if self.snapshots.exists() else None)
+            snapshots = self.snapshots.load_all() if self.snapshots.exists() else None
+            self.store.load(snapshots)
+            self.watcher.saved_log_positions = saved_log_positions(settings, snapshots)
             self.snapshots.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RuntimeError(f"cannot read sessions in {settings.sessions_dir}: {exc}") from exc
@@ -97,6 +101,9 @@ class Runtime:
         changed, self.store.changed = self.store.changed, set()
         for session_id in changed:
             snapshot = self.store.snapshot_of(session_id)
+            if snapshot is not None:
+                state_dir = self.settings.sessions_dir / session_id
+                snapshot["logs"] = self.watcher.tailer.positions_under(state_dir)
             try:
                 if snapshot is None:
                     self.snapshots.remove(session_id)
@@ -149,3 +156,20 @@ class Runtime:
         except OSError as exc:
             return str(exc)
         return None
+
+
+def saved_log_positions(settings: Settings, snapshots: dict[str, Any] | None
+                        ) -> dict[Path, tuple[int, int]]:
+    """The log read positions the snapshots hold: path → (inode, offset)."""
+    positions: dict[Path, tuple[int, int]] = {}
+    for session_id, snapshot in (snapshots or {}).items():
+        if not valid_session_id(session_id):
+            continue
+        logs = snapshot.get("logs") if isinstance(snapshot, dict) else None
+        if not isinstance(logs, dict):
+            continue
+        for name, value in logs.items():
+            if (isinstance(name, str) and "/" not in name and isinstance(value, list)
+                    and len(value) == 2 and all(isinstance(v, int) for v in value)):
+                positions[settings.sessions_dir / session_id / name] = (value[0], value[1])
+    return positions

@@ -64,14 +64,27 @@ class LogTailer:
         except OSError:
             return []
 
-    def prime(self) -> None:
-        """Start every existing log at its end: old lines were announced before."""
+    def prime(self, saved: dict[Path, tuple[int, int]] | None = None) -> None:
+        """Start every existing log where the previous server stopped reading it
+        (`saved`: path → (inode, offset)), else at its end: old lines were announced."""
+        saved = saved or {}
         for path in self.log_files():
             try:
                 stat = path.stat()
             except OSError:
                 continue
-            self._tails[path] = _Tail(stat.st_ino, stat.st_size)
+            inode, offset = saved.get(path, (None, None))
+            if inode == stat.st_ino and offset is not None and 0 <= offset <= stat.st_size:
+                self._tails[path] = _Tail(stat.st_ino, offset)
+            else:
+                self._tails[path] = _Tail(stat.st_ino, stat.st_size)
+
+    def positions_under(self, directory: Path) -> dict[str, tuple[int, int]]:
+        """Where each log in `directory` was read up to: name → (inode, offset of the
+        first byte not yet published), for a successor to go on from."""
+        return {path.name: (tail.inode, tail.offset - len(tail.partial))
+                for path, tail in self._tails.items()
+                if path.parent == directory and not tail.skipping}
 
     def poll_all(self) -> bool:
         """Poll every log file (after a rescan); True when one has more to read."""

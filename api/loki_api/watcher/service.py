@@ -33,6 +33,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from ..bus import EventBus
+from ..models import LogEventData
 from ..settings import Settings
 from ..state.store import StateStore
 from .handler import EVENT_FILTER, OUTPUT_FILES, HandOff, PathFilter
@@ -115,7 +116,10 @@ class StateWatcher:
         self.on_output = on_output
         self.store = store
         self.sessions_dir = settings.sessions_dir
-        self.tailer = LogTailer(settings.sessions_dir, bus.publish)
+        self.tailer = LogTailer(settings.sessions_dir, self._publish_log_line)
+        self.bus = bus
+        # Where the previous server stopped reading each log (from the snapshots).
+        self.saved_log_positions: dict[Path, tuple[int, int]] = {}
         self.check_interval = check_interval
         self.restarts = 0
         self._wanted = PathFilter(settings.state_dir, settings.sessions_dir)
@@ -141,7 +145,7 @@ class StateWatcher:
         watchdog_log.setLevel(min(watchdog_log.getEffectiveLevel(), logging.WARNING))
         watchdog_log.addHandler(self._overflow)
         try:
-            self.tailer.prime()
+            self.tailer.prime(self.saved_log_positions)
             try:
                 await anyio.to_thread.run_sync(self._start_observer)
             except Exception:
@@ -226,6 +230,10 @@ class StateWatcher:
         if self.tailer.poll_all() and self._coalescer is not None:
             for path in self.tailer.log_files():
                 self._coalescer.notify(os.fspath(path))
+
+    def _publish_log_line(self, event_type: str, data: LogEventData, session_id: str) -> None:
+        self.bus.publish(event_type, data, session_id)
+        self.store.changed.add(session_id)  # its snapshot now holds a newer log position
 
     def _overflowed(self) -> None:
         log.warning("file events were lost; rescanning %s", self.sessions_dir)
