@@ -32,8 +32,9 @@ class ServerProcess:
     """
 
     def __init__(self, loki_dir: Path, *args: str, env: dict[str, str] | None = None,
-                 startup_timeout: float = 20.0) -> None:
+                 startup_timeout: float = 20.0, verify: bool = True) -> None:
         self.loki_dir = loki_dir
+        self.verify = verify  # False for a self-signed test certificate
         self.args = args
         self.env = {**os.environ, "LOKI_SIM_DELAY": "0.02", **(env or {})}
         self.startup_timeout = startup_timeout
@@ -61,7 +62,8 @@ class ServerProcess:
                 time.sleep(0.02)
         while True:
             try:
-                if httpx.get(f"{self.url}/health/live", timeout=1).status_code == 200:
+                live = httpx.get(f"{self.url}/health/live", timeout=1, verify=self.verify)
+                if live.status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

@@ -105,3 +105,25 @@ def test_banner_and_graceful_signal(loki_dir: Path, sig: int) -> None:
 
 def test_api_port_zero_does_not_fall_back() -> None:
     assert settings([], {"LOKI_API_PORT": "0", "LOKI_DASHBOARD_PORT": "7000"}).port == 0
+
+
+def test_serves_https_with_a_certificate(loki_dir: Path, tmp_path: Path) -> None:
+    import ssl
+    import urllib.request
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    proc = ServerProcess(loki_dir, "--tls-cert", str(cert), "--tls-key", str(key),
+                         verify=False)
+    try:
+        proc.start()
+        assert proc.url.startswith("https://")
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        with urllib.request.urlopen(f"{proc.url}/health/live", context=context,
+                                    timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        proc.stop()

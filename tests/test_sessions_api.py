@@ -203,10 +203,10 @@ async def test_stop_kills_a_child_that_ignores_sigterm(loki_dir: Path, tmp_path:
             grandchild = int(line[-1].json()["data"]["message"].split()[1])
             pid = client.get(f"/api/sessions/{session_id}").json()["session"]["pid"]
             assert os.getpgid(grandchild) == pid
-            began = time.perf_counter()
             reply = client.post(f"/api/sessions/{session_id}/stop")
-            assert reply.status_code == 200
-            assert time.perf_counter() - began < 0.4  # does not wait out the grace
+            assert reply.status_code == 200 and reply.json()["status"] == "stopping"
+            # Answered at once: the child ignores SIGTERM, so its group is still there.
+            assert group_alive(pid)
             await stream.until(is_type("session:stopped"))
             await wait_for(lambda: not group_alive(pid), timeout=5)
             assert not process_alive(pid) and not process_alive(grandchild)

@@ -194,3 +194,21 @@ async def test_many_streams_each_get_every_event_in_order(live: InProcessServer)
         for reader in (a, b):
             got = [(await reader.next()).json()["data"]["message"] for _ in range(200)]
             assert got == [str(n) for n in range(200)]
+
+
+@pytest.mark.anyio
+async def test_the_runtime_sends_keepalives_and_heartbeats(loki_dir: Path) -> None:
+    directory = loki_dir / ".loki" / "sessions" / "hb1"
+    directory.mkdir(parents=True)
+    (directory / "session.json").write_text(
+        '{"id": "hb1", "status": "running", "startedAt": "2026-01-01T00:00:00.000Z"}')
+    (directory / "tasks.json").write_text('{"tasks": [{"id": "t", "status": "pending"}]}')
+    settings = settings_for(loki_dir, keepalive=0.05, heartbeat=0.05)
+    async with serve_in_process(settings) as srv:
+        async with sse_stream(srv.url, params={"types": "heartbeat"}) as reader:
+            beat = await reader.next(timeout=5)
+            assert beat.event == "heartbeat"
+            assert beat.json()["sessionId"] == "hb1"
+            assert beat.json()["data"]["queuedTasks"] == 1
+            # Comments are collected while reading; heartbeats keep the reader going.
+            await reader.until(lambda _: "ping" in reader.comments, timeout=5)
