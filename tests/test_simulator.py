@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -98,19 +99,38 @@ def test_pause_waits_and_input_is_acknowledged(loki_dir: Path) -> None:
         stdout=subprocess.PIPE, text=True,
         env={**os.environ, "LOKI_SIM_DELAY": "0", "LOKI_SESSION_ID": "s3",
              "LOKI_DIR": str(loki_dir)})
+    seen: list[str] = []
+
+    def read_until(text: str, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        assert proc.stdout is not None
+        while not any(text in line for line in seen):
+            ready, _, _ = select.select([proc.stdout], [], [], max(deadline - time.monotonic(), 0))
+            assert ready, f"no {text!r} within {timeout}s; got {seen}"
+            line = proc.stdout.readline()
+            assert line, f"output ended before {text!r}; got {seen}"
+            seen.append(line)
+
     try:
-        deadline = time.monotonic() + 10
-        while (session_dir / "HUMAN_INPUT.md").exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.2)
-        assert proc.poll() is None  # still paused
+        read_until("Received human input: use sqlite")  # read while paused
+        read_until("Paused")
+        assert proc.poll() is None and not any("Resumed" in line for line in seen)
         fifo = session_dir / "input.fifo"
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        deadline = time.monotonic() + 10
+        while True:  # the FIFO exists once the simulator reads it; until then, retry
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except (FileNotFoundError, OSError) as exc:
+                assert time.monotonic() < deadline, exc
+                time.sleep(0.01)
         os.write(fd, b"via fifo\n")
         os.close(fd)
-        time.sleep(0.2)
+        read_until("Received human input: via fifo")
+        assert not any("Resumed" in line for line in seen)  # still paused
         (session_dir / "PAUSE").unlink()
-        out, _ = proc.communicate(timeout=20)
+        rest, _ = proc.communicate(timeout=20)
+        out = "".join(seen) + rest
     finally:
         if proc.poll() is None:
             proc.kill()
