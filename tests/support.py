@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,7 +41,9 @@ class ServerProcess:
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
-        self.log_path = loki_dir.parent / f"server-{id(self)}.log"
+        # Unique per instance (id() can repeat once an earlier instance is gone, and
+        # then the banner of a dead server would be read as this one's).
+        self.log_path = loki_dir.parent / f"server-{uuid.uuid4().hex}.log"
 
     def start(self) -> ServerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115
