@@ -9,12 +9,17 @@ appends, not a thousand encodes.
 Subscribers with equal filters share a group, so a filter is evaluated once per
 group, not once per subscriber.
 
-A subscriber whose pending list passes `max_pending` frames is cut off (its
-stream ends and the client resumes with `Last-Event-ID`): a slow reader never
-blocks the bus or grows memory without bound.
+Once per event-loop turn a single tick flushes the durable log and tells each
+touched subscriber's stream to write what is pending (see `sse.py`), so a
+burst reaches a stream as one write and no task is woken per subscriber.
 
-All methods must be called from the event loop's thread; threads use
-`publish_threadsafe`.
+A subscriber whose socket is full (`blocked`) and whose pending list passes
+`max_pending` frames is cut off (its stream ends and the client resumes with
+`Last-Event-ID`): a slow reader never blocks the bus or grows memory without
+bound.
+
+All methods must be called from the event loop's thread (the watcher hands
+its work to the loop before it publishes).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -173,14 +178,8 @@ class EventBus:
         self._schedule_tick()
         return event
 
-    def publish_threadsafe(self, type: str, data: Any, session_id: str | None = None) -> None:
-        """Publish from another thread (e.g. a file-watcher thread)."""
-        if self._loop is None:
-            raise RuntimeError("the bus is not bound to an event loop yet")
-        self._loop.call_soon_threadsafe(self.publish, type, data, session_id)
-
     def bind_loop(self) -> None:
-        """Remember the running loop (for thread hand-off and log flushing)."""
+        """Remember the running loop: the once-per-turn tick is scheduled on it."""
         self._loop = asyncio.get_running_loop()
 
     def _schedule_tick(self) -> None:
@@ -316,10 +315,3 @@ class EventBus:
         if after_seq is not None and limit is not None:
             del selected[limit:]
         return selected
-
-    def oldest_seq(self) -> int | None:
-        return self._history[0].seq if self._history else None
-
-
-def frames_of(events: Iterable[StoredEvent]) -> list[bytes]:
-    return [stored.frame for stored in events]
