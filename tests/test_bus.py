@@ -1,7 +1,10 @@
+import random
+
+import anyio
 import msgspec
 import pytest
 
-from loki_api.bus import PING_FRAME, EventBus
+from loki_api.bus import PING_FRAME, Batch, EventBus, Subscriber
 from loki_api.eventlog import seq_of
 from loki_api.filters import EventFilter
 from loki_api.models import LogEventData, TaskEventData
@@ -105,23 +108,123 @@ def test_ping_reaches_every_subscriber() -> None:
     assert all(s.take() == [PING_FRAME] for s in subs)
 
 
+class FakeStream:
+    """Records what the tick hands a stream, in order; `full` makes its socket fill up."""
+
+    def __init__(self, bus: EventBus, sub: Subscriber) -> None:
+        self.sub = sub
+        self.got: list[bytes] = []
+        self.calls: list[tuple[str, int]] = []
+        self.full = False
+        sub.writer = self
+        bus.ready(sub)
+
+    def write_pending(self) -> bool:
+        if self.sub.blocked:
+            return False
+        frames = self.sub.take()
+        self.got += frames
+        self.calls.append(("pending", len(frames)))
+        return not self.sub.closed
+
+    def write_batch(self, batch: Batch) -> bool:
+        self.got += batch.frames
+        self.calls.append(("batch", len(batch.frames)))
+        if self.full:
+            self.sub.blocked = True  # as the real stream does before draining by itself
+            return False
+        return True
+
+    def drained(self, bus: EventBus) -> None:
+        """The drain task's part: write what piled up, then hand back to the tick."""
+        self.got += self.sub.take()
+        self.full = False
+        bus.ready(self.sub)
+
+
+async def turn() -> None:
+    await anyio.sleep(0.001)  # the tick runs at the end of the publishing turn
+
+
 @pytest.mark.anyio
 async def test_each_touched_stream_is_told_once_per_loop_turn() -> None:
-    import anyio
-
     bus = EventBus()
     bus.bind_loop()
     sub, _ = bus.subscribe()
-    sub.blocked = False
-    calls: list[int] = []
-    sub.on_ready = lambda: calls.append(len(sub.take()))
+    stream = FakeStream(bus, sub)
+    await turn()
+    assert sub.live and stream.calls == [("pending", 0)]  # caught up: live from now on
     for n in range(5):
         bus.publish("log:info", log(n))  # one burst in one turn
-    await anyio.sleep(0.01)
-    assert calls == [5]
+    await turn()
+    assert stream.calls[1:] == [("batch", 5)]
     bus.close_subscriber(sub)
-    await anyio.sleep(0.01)
-    assert calls == [5, 0] and sub.closed
+    await turn()
+    assert stream.calls[2:] == [("pending", 0)] and sub.closed and not sub.live
+
+
+@pytest.mark.anyio
+async def test_live_streams_of_a_group_share_one_batch_and_waiting_ones_get_their_own() -> None:
+    bus = EventBus()
+    bus.bind_loop()
+    a, b, opening = bus.subscribe()[0], bus.subscribe()[0], bus.subscribe()[0]
+    batches: list[Batch] = []
+    streams = [FakeStream(bus, a), FakeStream(bus, b)]
+    streams[0].write_batch = lambda batch: batches.append(batch) or True  # type: ignore[method-assign]
+    streams[1].write_batch = lambda batch: batches.append(batch) or True  # type: ignore[method-assign]
+    await turn()
+    for n in range(3):
+        bus.publish("log:info", log(n))
+    assert a.pending == [] and b.pending == []  # nothing per live subscriber at publish time
+    assert len(opening.pending) == 3  # still opening: frames wait on its own list
+    await turn()
+    assert len(batches) == 2 and batches[0] is batches[1]
+    assert batches[0].events == 3 and batches[0].body == b"".join(batches[0].frames)
+    assert bus.delivered == 6
+
+
+@pytest.mark.anyio
+async def test_a_stream_that_falls_behind_and_catches_up_misses_nothing_and_repeats_nothing(
+) -> None:
+    rng = random.Random(7)
+    bus = EventBus(max_pending=100_000)
+    bus.bind_loop()
+    subs = [bus.subscribe()[0] for _ in range(4)]
+    streams = [FakeStream(bus, sub) for sub in subs]
+    frames: list[bytes] = []
+    for _ in range(300):
+        for stream in streams:
+            roll = rng.random()
+            if roll < 0.1:
+                stream.full = True  # its next batch fills the socket
+            elif roll < 0.3 and stream.sub.blocked:
+                stream.drained(bus)
+        for _ in range(rng.randrange(3)):
+            bus.publish("log:info", log(len(frames)))
+            frames.append(bus.history(limit=1)[0].frame)
+        if rng.random() < 0.5:
+            await turn()
+    await turn()  # the last batches (a full socket may take one more)
+    for stream in streams:
+        if stream.sub.blocked:
+            stream.drained(bus)
+    await turn()
+    for stream in streams:
+        assert stream.got == frames
+    assert all(sub.live for sub in subs)
+
+
+@pytest.mark.anyio
+async def test_pings_reach_live_and_waiting_streams() -> None:
+    bus = EventBus()
+    bus.bind_loop()
+    live, waiting = bus.subscribe()[0], bus.subscribe()[0]
+    stream = FakeStream(bus, live)
+    await turn()
+    bus.ping_all()
+    await turn()
+    assert stream.got == [PING_FRAME] and waiting.pending == [PING_FRAME]
+    assert bus.delivered == 0  # a keep-alive is not an event
 
 
 def test_only_a_blocked_stream_is_cut_off() -> None:
@@ -138,22 +241,20 @@ def test_only_a_blocked_stream_is_cut_off() -> None:
 
 @pytest.mark.anyio
 async def test_a_failing_stream_does_not_starve_the_others() -> None:
-    import anyio
-
     bus = EventBus()
     bus.bind_loop()
-    broken, _ = bus.subscribe()  # its group comes first, so it is told first
+    broken, _ = bus.subscribe()  # its group comes first, so it is written first
     healthy, _ = bus.subscribe(EventFilter.parse("s1", None, None))
-    got: list[int] = []
+    late, _ = bus.subscribe()
 
-    def explode() -> None:
+    def explode(*_: object) -> bool:
         raise RuntimeError("socket gone wrong")
 
-    for sub in (broken, healthy):
-        sub.blocked = False
-    broken.on_ready = explode
-    healthy.on_ready = lambda: got.append(len(healthy.take()))
+    FakeStream(bus, broken).write_batch = explode  # type: ignore[method-assign]
+    healthy_stream = FakeStream(bus, healthy)
+    await turn()
+    FakeStream(bus, late).write_pending = explode  # type: ignore[method-assign]
     bus.publish("log:info", log(1), "s1")
-    await anyio.sleep(0.01)
-    assert got == [1]
-    assert broken.closed and bus.subscriber_count == 1
+    await turn()
+    assert len(healthy_stream.got) == 1
+    assert broken.closed and late.closed and bus.subscriber_count == 1

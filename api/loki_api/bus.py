@@ -2,21 +2,31 @@
 
 An event is encoded exactly once, when it is published: the envelope JSON (kept
 for history and the durable log) and the complete SSE frame (shared by every
-subscriber). Fan-out appends that one `bytes` object to each matching
-subscriber's pending list, so a thousand subscribers cost a thousand list
-appends, not a thousand encodes.
+subscriber).
 
 Subscribers with equal filters share a group, so a filter is evaluated once per
-group, not once per subscriber.
+group, not once per subscriber. A group's subscribers are either
 
-Once per event-loop turn a single tick flushes the durable log and tells each
-touched subscriber's stream to write what is pending (see `sse.py`), so a
-burst reaches a stream as one write and no task is woken per subscriber.
+- live: keeping up. Publishing appends the frame to the group's batch, once
+  for all of them; or
+- waiting: still sending their opening, or their socket is full, or just
+  caught up. Each gets the frame on its own `pending` list.
 
-A subscriber whose socket is full (`blocked`) and whose pending list passes
-`max_pending` frames is cut off (its stream ends and the client resumes with
-`Last-Event-ID`): a slow reader never blocks the bus or grows memory without
-bound.
+Once per event-loop turn a single tick flushes the durable log, hands each
+touched group's batch (joined once) to every live stream of the group, and
+tells each touched waiting stream to write its `pending` (see `sse.py`). A
+burst reaches a stream as one write, no task is woken per subscriber, and a
+line to a thousand live subscribers costs one append at publish time and a
+thousand socket writes of the same bytes at the tick. A waiting stream that
+writes everything it had in the tick becomes live; a live stream whose socket
+fills up becomes waiting (and drains by itself). Both switches happen in the
+tick, after the turn's batches were written, so no frame is sent twice or
+skipped.
+
+A waiting subscriber whose socket is full (`blocked`) and whose pending list
+passes `max_pending` frames is cut off (its stream ends and the client resumes
+with `Last-Event-ID`): a slow reader never blocks the bus or grows memory
+without bound.
 
 All methods must be called from the event loop's thread (the watcher hands
 its work to the loop before it publishes).
@@ -28,9 +38,8 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from .encoding import decode_raw_event, encode
 from .eventlog import EventLog, seq_of
@@ -69,17 +78,45 @@ class StoredEvent:
         self.frame = sse_frame(event_id, type, json)
 
 
-class Subscriber:
-    """One stream's frames waiting to be written, and how to tell its writer.
+class Batch:
+    """The frames one group got in one loop turn, joined once for all its live streams.
 
-    The bus appends frames to `pending` and, once per event-loop turn, calls
-    `on_ready` of every subscriber that got frames (or was closed) since the
-    last turn. While `blocked` (the stream is still sending its opening, or its
-    socket is full), the stream drains `pending` itself and `on_ready` is not
-    needed; only a blocked subscriber can be cut off as too slow.
+    `chunk` and `message` are spare slots for the stream layer to cache its
+    wire forms of `body` in, so those too are built once per batch.
     """
 
-    __slots__ = ("filter", "pending", "closed", "overflowed", "blocked", "dirty", "on_ready")
+    __slots__ = ("frames", "events", "body", "chunk", "message")
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = frames
+        self.events = len(frames) - frames.count(PING_FRAME)
+        self.body = b"".join(frames)
+        self.chunk: bytes | None = None
+        self.message: dict[str, Any] | None = None
+
+
+class StreamWriter(Protocol):
+    """What the tick needs from a subscriber's stream (`sse.EventStream`)."""
+
+    def write_pending(self) -> bool:
+        """Write the subscriber's `pending` frames (or its end); True if the socket took all."""
+
+    def write_batch(self, batch: Batch) -> bool:
+        """Write a live subscriber's share of a batch; False if its socket is now full."""
+
+
+class Subscriber:
+    """One stream's place in the bus: its filter, and how its frames reach it.
+
+    `live`: frames come as its group's batches. Otherwise they are appended to
+    `pending`. `blocked`: its stream is writing by itself (the opening, or a
+    full socket); the tick leaves it alone, and only a blocked subscriber can
+    be cut off as too slow. `writer` is set by the stream once it is ready for
+    the tick.
+    """
+
+    __slots__ = ("filter", "pending", "closed", "overflowed", "blocked", "dirty", "live",
+                 "writer")
 
     def __init__(self, event_filter: EventFilter) -> None:
         self.filter = event_filter
@@ -88,11 +125,27 @@ class Subscriber:
         self.overflowed = False
         self.blocked = True
         self.dirty = False
-        self.on_ready: Callable[[], None] | None = None
+        self.live = False
+        self.writer: StreamWriter | None = None
 
     def take(self) -> list[bytes]:
         frames, self.pending = self.pending, []
         return frames
+
+
+class _Group:
+    """The subscribers of one filter; `batch` holds this turn's frames for the live ones."""
+
+    __slots__ = ("filter", "live", "waiting", "batch")
+
+    def __init__(self, event_filter: EventFilter) -> None:
+        self.filter = event_filter
+        self.live: dict[Subscriber, None] = {}  # insertion-ordered set
+        self.waiting: set[Subscriber] = set()
+        self.batch: list[bytes] = []
+
+    def __len__(self) -> int:
+        return len(self.live) + len(self.waiting)
 
 
 class EventBus:
@@ -106,11 +159,13 @@ class EventBus:
         self._history_limit = history
         self._log = log
         self.max_pending = max_pending
-        self._groups: dict[EventFilter, set[Subscriber]] = {}
+        self._groups: dict[EventFilter, _Group] = {}
         self._seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick_scheduled = False
-        # Subscribers that got frames (or were closed) since the last loop turn.
+        # Since the last loop turn: groups whose batch got frames, and waiting
+        # subscribers that got frames, were closed, or are ready to go live.
+        self._dirty_groups: list[_Group] = []
         self._dirty: list[Subscriber] = []
         self.published = 0
         self.delivered = 0
@@ -159,24 +214,33 @@ class EventBus:
         if self._log is not None:
             self._log.append(stored.json)
         frame = stored.frame
-        limit = self.max_pending
-        dirty = self._dirty
         too_slow: list[Subscriber] = []
         for event_filter, group in self._groups.items():
             if event_filter is MATCH_ALL or event_filter.matches(type, session_id):
-                for subscriber in group:
-                    pending = subscriber.pending
-                    if subscriber.blocked and len(pending) >= limit:
-                        too_slow.append(subscriber)  # cut off after the loop: no mutation here
-                        continue
-                    pending.append(frame)
-                    if not subscriber.dirty:
-                        subscriber.dirty = True
-                        dirty.append(subscriber)
+                if group.live:
+                    if not group.batch:
+                        self._dirty_groups.append(group)
+                    group.batch.append(frame)
+                if group.waiting:
+                    self._queue(group.waiting, frame, too_slow)
         for subscriber in too_slow:
             self._cut_off(subscriber)
         self._schedule_tick()
         return event
+
+    def _queue(self, waiting: set[Subscriber], frame: bytes, too_slow: list[Subscriber]) -> None:
+        """Append `frame` to each waiting subscriber's own list (bounded while blocked)."""
+        limit = self.max_pending
+        dirty = self._dirty
+        for subscriber in waiting:
+            pending = subscriber.pending
+            if subscriber.blocked and len(pending) >= limit:
+                too_slow.append(subscriber)  # cut off by the caller: no mutation here
+                continue
+            pending.append(frame)
+            if not subscriber.dirty:
+                subscriber.dirty = True
+                dirty.append(subscriber)
 
     def bind_loop(self) -> None:
         """Remember the running loop: the once-per-turn tick is scheduled on it."""
@@ -195,20 +259,52 @@ class EventBus:
     def _tick(self) -> None:
         """Once per loop turn: persist the turn's events, then let every touched stream write.
 
-        A burst published in one turn reaches each stream as one write.
+        Batches first, to the live streams; then the waiting streams write their
+        own frames, and those that wrote everything go live for the next turn.
         """
         self._tick_scheduled = False
         self.flush()
+        groups, self._dirty_groups = self._dirty_groups, []
+        for group in groups:
+            batch = Batch(group.batch)
+            group.batch = []
+            live = list(group.live)  # a write may move a subscriber out of it
+            self.delivered += batch.events * len(live)
+            for subscriber in live:
+                try:
+                    if not subscriber.writer.write_batch(batch):  # type: ignore[union-attr]
+                        self._wait(group, subscriber)  # its socket is full: it drains by itself
+                except Exception:  # one broken stream must not starve the others
+                    self._drop_broken(subscriber)
         dirty, self._dirty = self._dirty, []
         for subscriber in dirty:
             subscriber.dirty = False
-            if subscriber.on_ready is not None:
-                try:
-                    subscriber.on_ready()
-                except Exception:  # one broken stream must not starve the others
-                    log.exception("event stream write failed; dropping the subscriber")
-                    subscriber.on_ready = None
-                    self.close_subscriber(subscriber)
+            writer = subscriber.writer
+            if writer is None:
+                continue
+            try:
+                caught_up = writer.write_pending()
+            except Exception:
+                self._drop_broken(subscriber)
+                continue
+            if caught_up and not subscriber.closed and not subscriber.live:
+                group = self._groups.get(subscriber.filter)
+                if group is not None and subscriber in group.waiting:
+                    group.waiting.discard(subscriber)
+                    group.live[subscriber] = None
+                    subscriber.live = True
+
+    def _wait(self, group: _Group, subscriber: Subscriber) -> None:
+        """A live subscriber falls behind: its frames go to its own list from now on."""
+        if subscriber in group.live:
+            del group.live[subscriber]
+            group.waiting.add(subscriber)
+        subscriber.live = False
+
+    def _drop_broken(self, subscriber: Subscriber) -> None:
+        log.exception("event stream write failed; dropping the subscriber")
+        subscriber.writer = None
+        self.close_subscriber(subscriber)
 
     def flush(self) -> None:
         if self._log is not None:
@@ -217,7 +313,7 @@ class EventBus:
     def close_streams(self) -> None:
         """End every open stream (server shutdown); clients resume with Last-Event-ID."""
         for group in list(self._groups.values()):
-            for subscriber in list(group):
+            for subscriber in [*group.live, *group.waiting]:
                 self.close_subscriber(subscriber)
         self._groups.clear()
 
@@ -256,15 +352,25 @@ class EventBus:
         if event_filter == MATCH_ALL:
             event_filter = MATCH_ALL  # share the identity fast path in publish
         subscriber = Subscriber(event_filter)
-        self._groups.setdefault(event_filter, set()).add(subscriber)
+        group = self._groups.get(event_filter)
+        if group is None:
+            group = self._groups[event_filter] = _Group(event_filter)
+        group.waiting.add(subscriber)  # until its stream has sent the opening
         return subscriber, replay
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         group = self._groups.get(subscriber.filter)
         if group is not None:
-            group.discard(subscriber)
-            if not group:
+            group.live.pop(subscriber, None)
+            group.waiting.discard(subscriber)
+            if not len(group):
                 del self._groups[subscriber.filter]
+        subscriber.live = False
+
+    def ready(self, subscriber: Subscriber) -> None:
+        """Its stream stopped blocking: the next tick writes its pending, then it goes live."""
+        subscriber.blocked = False
+        self._mark(subscriber)
 
     def _cut_off(self, subscriber: Subscriber) -> None:
         subscriber.overflowed = True
@@ -280,9 +386,14 @@ class EventBus:
     def ping_all(self) -> None:
         """Queue a keep-alive comment on every stream (one pass, no per-stream timers)."""
         for group in self._groups.values():
-            for subscriber in group:
-                subscriber.pending.append(PING_FRAME)
+            if group.live:
+                if not group.batch:
+                    self._dirty_groups.append(group)
+                group.batch.append(PING_FRAME)
+            for subscriber in group.waiting:
+                subscriber.pending.append(PING_FRAME)  # a ping never cuts a stream off
                 self._mark(subscriber)
+        self._schedule_tick()
 
     # ----------------------------------------------------------------- history
 

@@ -2,15 +2,17 @@
 
 One task per stream, and it is idle: after the opening (comment, `retry:`,
 replayed history) the request's own task just waits for the client to go away.
-Live frames are written by the bus's once-per-loop-turn tick, which calls
-`EventStream.write_pending` for every stream that got frames: it sends them
-all as one chunk, right there, without waking a task per stream. That is what
-keeps fan-out to a thousand streams cheap, and what lets an idle stream cost
-little more than its socket.
+Live frames are written by the bus's once-per-loop-turn tick, right there,
+without waking a task per stream: `write_batch` for a live subscriber (its
+group's frames of this turn, joined and framed once for the whole group) and
+`write_pending` for one catching up. That is what keeps fan-out to a thousand
+streams cheap, and what lets an idle stream cost little more than its socket.
+Under uvicorn's httptools protocol, batches skip the ASGI `send` and go to the
+transport directly (see `direct_write.py`).
 
-A send only suspends when the client's socket is full (uvicorn's flow
-control). Then the half-done send is handed to a drain task, the subscriber is
-marked blocked (frames keep queueing, up to the bus's bound), and the drain
+A write only has to wait when the client's socket is full (uvicorn's flow
+control). Then a drain task takes over: the subscriber is marked blocked
+(frames keep queueing on its own list, up to the bus's bound), and the drain
 task writes what piled up before handing the stream back to the tick.
 
 Ending: the client disconnects (`receive()` says so), or the server closes the
@@ -21,19 +23,19 @@ which also wakes the pending `receive()`.
 from __future__ import annotations
 
 import asyncio
-import logging
 import types
 from collections.abc import Coroutine, Generator
 from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
-from .bus import PING_FRAME, EventBus, StoredEvent, Subscriber
-
-log = logging.getLogger(__name__)
+from .bus import PING_FRAME, Batch, EventBus, StoredEvent, Subscriber
+from .direct_write import DirectChunkWriter, chunk
 
 RETRY_MS = 3000
 TOO_SLOW = b": too slow, closing; reconnect with Last-Event-ID\n\n"
+# Sent to wait for a full socket to drain (uvicorn's send waits; an empty chunk writes nothing).
+EMPTY_BODY: Message = {"type": "http.response.body", "body": b"", "more_body": True}
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -75,6 +77,7 @@ class EventStream:
         self.announce_replay = announce_replay
         self.headers = SSE_HEADERS + (extra_headers or [])
         self._send: Send | None = None
+        self._direct: DirectChunkWriter | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._finished = False
 
@@ -91,6 +94,7 @@ class EventStream:
             self.replay = []
             await send({"type": "http.response.body", "body": b"".join(opening),
                         "more_body": True})
+            self._direct = DirectChunkWriter.of(send)
             # Live frames published meanwhile wait in `pending`; from now on the tick writes.
             await self._drain()
             while not self._finished:
@@ -101,7 +105,7 @@ class EventStream:
             self._finished = True
             self.bus.unsubscribe(subscriber)
             subscriber.closed = True
-            subscriber.on_ready = None
+            subscriber.writer = None
             task = self._drain_task
             if task is not None and not task.done():
                 task.cancel()
@@ -121,24 +125,47 @@ class EventStream:
             self._finished = True
         return {"type": "http.response.body", "body": b"".join(frames), "more_body": not final}
 
-    def write_pending(self) -> None:
-        """Called by the bus's tick: write what is pending now, without a task switch."""
+    def write_pending(self) -> bool:
+        """Tick: write what is pending (or the end). True if the socket took all of it."""
         if self.subscriber.blocked or self._finished or self._send is None:
-            return
+            return False
         message = self._take_message()
         if message is None:
-            return
+            return True
+        return self._send_now(message)
+
+    def write_batch(self, batch: Batch) -> bool:
+        """Tick, for a live subscriber: write the batch. False if the socket is now full."""
+        direct = self._direct
+        if direct is not None:
+            data = batch.chunk
+            if data is None:
+                data = batch.chunk = chunk(batch.body)
+            if direct.write(data):
+                return True
+            assert self._send is not None
+            self._wait_in_task(self._send(EMPTY_BODY))  # returns once the socket drained
+            return False
+        message = batch.message
+        if message is None:
+            message = batch.message = {"type": "http.response.body", "body": batch.body,
+                                       "more_body": True}
+        return self._send_now(message)
+
+    def _send_now(self, message: Message) -> bool:
+        """Send without a task switch; if the socket is full, finish in a drain task."""
+        assert self._send is not None
         coro = self._send(message)
         try:
             blocked_on = coro.send(None)
         except StopIteration:
-            return  # written (the usual case: the socket had room)
-        except Exception:
-            log.debug("stream write failed", exc_info=True)
-            return
-        # The socket is full: finish this send, and whatever piles up, in a task.
+            return True  # written (the usual case: the socket had room)
+        self._wait_in_task(_resume(coro, blocked_on))
+        return False
+
+    def _wait_in_task(self, unfinished: Any) -> None:
         self.subscriber.blocked = True
-        self._drain_task = asyncio.ensure_future(self._drain(_resume(coro, blocked_on)))
+        self._drain_task = asyncio.ensure_future(self._drain(unfinished))
 
     async def _drain(self, unfinished: Any = None) -> None:
         """Write until nothing is pending, then hand the stream (back) to the tick."""
@@ -151,5 +178,6 @@ class EventStream:
             if message is None:
                 break
             await self._send(message)
-        subscriber.blocked = False
-        subscriber.on_ready = self.write_pending
+        subscriber.writer = self
+        if not self._finished:
+            self.bus.ready(subscriber)
