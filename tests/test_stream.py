@@ -1,6 +1,7 @@
 """The SSE stream against a real uvicorn server on a free port, with a real HTTP client."""
 
 import json
+import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -166,6 +167,59 @@ async def test_slow_reader_is_cut_off_while_a_fast_one_keeps_receiving(loki_dir:
                 assert stats["dropped"] >= 1 and stats["subscribers"] == 1
         finally:
             slow.close()
+
+
+FRAME = re.compile(rb"id: evt_\d+_\d+\nevent: log:info\ndata: (.*?)\n\n")
+
+
+@pytest.mark.anyio
+async def test_a_stream_whose_socket_fills_up_catches_up_without_gap_or_duplicate(
+        loki_dir: Path) -> None:
+    async with serve_in_process(settings_for(loki_dir)) as srv:
+        bus = srv.runtime.bus
+        port = int(srv.url.rsplit(":", 1)[1])
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", port))
+        client.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        client.setblocking(False)
+        try:
+            await wait_for(lambda: bus.subscriber_count == 1)
+            sub = bus.subscribers()[0]
+            await wait_for(lambda: sub.live)
+            assert sub.writer._direct is not None  # type: ignore[union-attr]  # straight to uvicorn
+            big = "x" * 16_384
+            sent = 0
+            with anyio.fail_after(10):
+                while sub.live:  # the client reads nothing: its socket fills up
+                    bus.publish("log:info", log(f"{sent} {big}"))
+                    sent += 1
+                    await anyio.sleep(0)
+            for _ in range(20):  # these wait on its own list
+                bus.publish("log:info", log(f"{sent} {big}"))
+                sent += 1
+            assert len(sub.pending) > 0 and not sub.closed
+            data = b""
+            with anyio.fail_after(10):
+                # Until every frame is in, the last one whole (its chunk ends the data).
+                while data.count(b"\nevent: log:info\n") < sent or not data.endswith(b"\n\n\r\n"):
+                    try:
+                        data += client.recv(1 << 20)
+                    except BlockingIOError:
+                        await anyio.sleep(0.001)
+            got = [int(m.split(b'"message":"', 1)[1].split(b" ", 1)[0])
+                   for m in FRAME.findall(data)]
+            assert got == list(range(sent))
+            await wait_for(lambda: sub.live)  # caught up: back to the shared batches
+            bus.publish("log:info", log("after"))
+            with anyio.fail_after(5):
+                while b'"message":"after"' not in data:
+                    try:
+                        data += client.recv(1 << 20)
+                    except BlockingIOError:
+                        await anyio.sleep(0.001)
+        finally:
+            client.close()
 
 
 @pytest.mark.anyio

@@ -188,6 +188,9 @@ class EventBus:
     def subscriber_count(self) -> int:
         return sum(len(group) for group in self._groups.values())
 
+    def subscribers(self) -> list[Subscriber]:
+        return [sub for group in self._groups.values() for sub in (*group.live, *group.waiting)]
+
     def attach_log(self, log: EventLog) -> None:
         """Persist to `log` from now on, refilling history and the sequence from its tail."""
         self._log = log

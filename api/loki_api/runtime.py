@@ -49,8 +49,11 @@ class Runtime:
         self.store = StateStore(settings, self.bus)
         self.snapshots = SnapshotDir(settings.events_dir / "snapshots")
         self.sessions = SessionManager(settings, self.store, self.bus)
+        # Output growth wakes the supervisors through inotify on the loop when it
+        # can, else through the state watcher.
+        on_output = None if self.sessions.output_watch is not None else self.sessions.wake
         self.watcher = StateWatcher(settings, self.store, self.bus,
-                                    on_output=self.sessions.wake)
+                                    on_output=on_output)
         self.add_check("watcher", self.watcher.problem)
 
     @property

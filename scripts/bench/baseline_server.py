@@ -7,9 +7,10 @@ appends it to every client's pending list, and each client's writer sends
 whatever is pending in one write. `fanout.py` measures the real server as a
 ratio of this.
 
-`--direct` is an experiment, not a baseline: the fan-out loop itself calls each
-idle stream's uvicorn `send` (no writer-task wake-up per stream per event),
-which shows what the per-stream task model costs.
+`--direct` is an experiment, not a baseline: the fan-out loop itself writes
+one pre-framed chunk to each idle stream's uvicorn transport (no writer-task
+wake-up, no ASGI send per stream per event): the floor for one Python thread
+on this stack, which shows what is left for the server to win.
 
     python baseline_server.py --port 0 --loki-dir DIR --cli "python load_cli.py"
 
@@ -153,13 +154,15 @@ class Baseline:
             client.pending.extend(frames)
 
     def write_directly(self, frames: list[bytes]) -> None:
-        """Send on every idle stream from here, with no task wake-up per stream.
+        """Write to every idle stream's transport from here: no task, no ASGI send.
 
-        uvicorn's `send` only suspends when the transport is paused; when it is
-        not, driving the coroutine one step runs it to completion. A paused
-        stream (or one with a backlog) gets the frames queued for its task.
+        The body is framed as one HTTP/1.1 chunk once, and the same bytes go to
+        every stream whose transport is not paused: the least a single-threaded
+        Python server on this stack can do per subscriber. A paused stream (or
+        one with a backlog) gets the frames queued for its task.
         """
-        message = {"type": "http.response.body", "body": b"".join(frames), "more_body": True}
+        body = b"".join(frames)
+        data = b"%x\r\n%s\r\n" % (len(body), body)
         for client in self.clients:
             cycle = client.cycle
             if client.pending or cycle is None or cycle.flow.write_paused or client.closed:
@@ -167,17 +170,8 @@ class Baseline:
                     client.wakeup.set()
                 client.pending.extend(frames)
                 continue
-            step = client.send(message)
-            try:
-                step.send(None)
-            except StopIteration:
-                continue
-            except Exception:  # noqa: BLE001 - a broken stream just stops receiving
-                client.closed = True
-                client.wakeup.set()
-                continue
-            step.close()  # cannot happen unless paused, which was checked above
-            raise RuntimeError("uvicorn send suspended on an unpaused transport")
+            if not cycle.disconnected:
+                cycle.transport.write(data)
 
 
 async def reply(send: Any, status: int, body: Any) -> None:

@@ -27,6 +27,7 @@ from .output import LineSplitter, Stream, parse_line
 
 STDOUT_FILE = "stdout.txt"
 STDERR_FILE = "stderr.txt"
+OUTPUT_FILES = frozenset({STDOUT_FILE, STDERR_FILE})
 EXIT_FILE = "exit.json"
 # One `pump` publishes at most this much, so a burst of output goes out over
 # several event-loop steps and the streams write in between (a whole burst in

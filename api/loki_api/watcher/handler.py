@@ -24,12 +24,9 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 
-from ..sessions.process import STDERR_FILE, STDOUT_FILE
+from ..sessions.process import OUTPUT_FILES
 from ..state.documents import SESSION_FILES, STATE_FILE
 from .logtail import LOG_SUFFIX
-
-# The child's output copies; a change wakes the session's supervisor.
-OUTPUT_FILES = frozenset({STDOUT_FILE, STDERR_FILE})
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +50,12 @@ class PathFilter:
     are ignored; a rename is seen through its destination.
     """
 
-    def __init__(self, state_dir: Path, sessions_dir: Path) -> None:
+    def __init__(self, state_dir: Path, sessions_dir: Path, *, output: bool = True) -> None:
+        """`output=False`: the output copies are watched elsewhere (`OutputWatch`)."""
         self.state_file = os.fspath(state_dir / STATE_FILE)
         self.sessions_dir = os.fspath(sessions_dir)
         self.session_files = frozenset(SESSION_FILES)
+        self.output_files = OUTPUT_FILES if output else frozenset()
 
     def __call__(self, path: str, is_directory: bool) -> bool:
         parent, name = os.path.split(path)
@@ -67,7 +66,7 @@ class PathFilter:
         if os.path.dirname(parent) != self.sessions_dir:
             return False
         return (name in self.session_files or name.endswith(LOG_SUFFIX)
-                or name in OUTPUT_FILES)
+                or name in self.output_files)
 
 
 class HandOff(FileSystemEventHandler):

@@ -34,9 +34,10 @@ from watchdog.observers.api import BaseObserver
 
 from ..bus import EventBus
 from ..models import LogEventData
+from ..sessions.process import OUTPUT_FILES
 from ..settings import Settings
 from ..state.store import StateStore
-from .handler import EVENT_FILTER, OUTPUT_FILES, HandOff, PathFilter
+from .handler import EVENT_FILTER, HandOff, PathFilter
 from .logtail import LOG_SUFFIX, LogTailer
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,8 @@ class StateWatcher:
         self.saved_log_positions: dict[Path, tuple[int, int]] = {}
         self.check_interval = check_interval
         self.restarts = 0
-        self._wanted = PathFilter(settings.state_dir, settings.sessions_dir)
+        self._wanted = PathFilter(settings.state_dir, settings.sessions_dir,
+                                  output=on_output is not None)
         self._observer: BaseObserver | None = None
         self._coalescer: Coalescer | None = None
         self._overflow: _OverflowListener | None = None

@@ -1,0 +1,95 @@
+"""The loop-side inotify watch that wakes a supervisor when its session's output grows."""
+
+import sys
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from loki_api.sessions.output_watch import OutputWatch
+from loki_api.watcher.handler import PathFilter
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux-only")
+
+
+@pytest.mark.anyio
+async def test_output_growth_wakes_only_its_own_session(tmp_path: Path) -> None:
+    watch = OutputWatch.create()
+    assert watch is not None
+    watch.start()
+    woke: list[str] = []
+    first, second = tmp_path / "s1", tmp_path / "s2"
+    for directory in (first, second):
+        directory.mkdir()
+        assert watch.watch(directory, lambda name=directory.name: woke.append(name))
+    try:
+        (first / "tasks.json").write_text("{}")  # not output: no wake-up
+        with open(first / "stdout.txt", "ab") as out:
+            out.write(b"line\n")
+        with anyio.fail_after(5):
+            while "s1" not in woke:
+                await anyio.sleep(0.001)
+        assert woke == ["s1"]
+
+        watch.unwatch(first)
+        with open(first / "stderr.txt", "ab") as err:
+            err.write(b"unwatched\n")
+        with open(second / "stderr.txt", "ab") as err:
+            err.write(b"watched\n")
+        # inotify reports in order: once s2's write is seen, s1's would have been too.
+        with anyio.fail_after(5):
+            while "s2" not in woke:
+                await anyio.sleep(0.001)
+        assert woke == ["s1", "s2"]
+    finally:
+        watch.close()
+    assert not watch.watch(first, lambda: None)  # closed: nothing watched any more
+
+
+def test_the_state_watcher_leaves_output_to_the_output_watch(tmp_path: Path) -> None:
+    sessions = tmp_path / ".loki" / "sessions"
+    output = str(sessions / "s1" / "stdout.txt")
+    assert PathFilter(tmp_path / ".loki", sessions)(output, False)
+    assert not PathFilter(tmp_path / ".loki", sessions, output=False)(output, False)
+    assert PathFilter(tmp_path / ".loki", sessions, output=False)(
+        str(sessions / "s1" / "tasks.json"), False)
+
+
+CLI = '''
+import sys, time
+from pathlib import Path
+go = Path(__file__).with_suffix(".go")
+print("first", flush=True)
+deadline = time.monotonic() + 20
+while not go.exists() and time.monotonic() < deadline:
+    time.sleep(0.005)
+print("second", flush=True)
+'''
+
+
+@pytest.mark.anyio
+async def test_a_running_session_is_read_when_inotify_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from loki_api.sessions import manager
+    from loki_api.settings import Settings
+
+    from .support import serve_in_process, sse_stream
+
+    # Without the inotify wake-up the supervisor would only look again in a minute.
+    monkeypatch.setattr(manager, "POLL_INTERVAL", 60.0)
+    script = tmp_path / "cli.py"
+    script.write_text(CLI)
+    loki_dir = tmp_path / "project"
+    loki_dir.mkdir()
+    settings = Settings(loki_dir=loki_dir, port=0,  # type: ignore[arg-type]
+                        cli=f"{sys.executable} {script}")
+    async with serve_in_process(settings) as srv:
+        assert srv.runtime.sessions.output_watch is not None
+        async with sse_stream(srv.url, params={"types": "log:info"}) as reader:
+            async with httpx.AsyncClient(base_url=srv.url) as client:
+                reply = await client.post("/api/sessions", json={})
+            assert reply.status_code == 201, reply.text
+            assert (await reader.next()).json()["data"]["message"] == "first"
+            script.with_suffix(".go").touch()
+            assert (await reader.next()).json()["data"]["message"] == "second"
