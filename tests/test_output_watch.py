@@ -47,13 +47,15 @@ async def test_output_growth_wakes_only_its_own_session(tmp_path: Path) -> None:
     assert not watch.watch(first, lambda: None)  # closed: nothing watched any more
 
 
-def test_the_state_watcher_leaves_output_to_the_output_watch(tmp_path: Path) -> None:
-    sessions = tmp_path / ".loki" / "sessions"
-    output = str(sessions / "s1" / "stdout.txt")
-    assert PathFilter(tmp_path / ".loki", sessions)(output, False)
-    assert not PathFilter(tmp_path / ".loki", sessions, output=False)(output, False)
-    assert PathFilter(tmp_path / ".loki", sessions, output=False)(
-        str(sessions / "s1" / "tasks.json"), False)
+def test_the_state_watcher_sees_output_only_when_asked_to(tmp_path: Path) -> None:
+    state = tmp_path / ".loki"
+    sessions, output_dir = state / "sessions", state / "output"
+    output = str(output_dir / "s1" / "stdout.txt")
+    assert not PathFilter(state, sessions)(output, False)
+    assert PathFilter(state, sessions, output_dir=output_dir)(output, False)
+    assert not PathFilter(state, sessions, output_dir=output_dir)(
+        str(output_dir / "s1" / "notes.txt"), False)
+    assert PathFilter(state, sessions)(str(sessions / "s1" / "tasks.json"), False)
 
 
 CLI = '''

@@ -88,7 +88,7 @@ async def test_a_whole_simulated_session_streams_live(loki_dir: Path) -> None:
         listing = client.get("/api/sessions", params={"status": "completed"}).json()
         assert [s["id"] for s in listing["sessions"]] == [session_id]
         assert listing["total"] == 1 and listing["running"] == 0
-        output = (loki_dir / ".loki" / "sessions" / session_id / "stdout.txt").read_text()
+        output = (loki_dir / ".loki" / "output" / session_id / "stdout.txt").read_text()
         assert "Starting planning phase" in output
 
 
@@ -148,6 +148,7 @@ async def test_pause_input_resume_stop_and_delete(loki_dir: Path) -> None:
         deleted = client.delete(f"/api/sessions/{session_id}")
         assert deleted.status_code == 200 and deleted.json()["deleted"] is True
         assert not (loki_dir / ".loki" / "sessions" / session_id).exists()
+        assert not (loki_dir / ".loki" / "output" / session_id).exists()
         assert client.get(f"/api/sessions/{session_id}").status_code == 404
         assert client.delete(f"/api/sessions/{session_id}").status_code == 404
 
@@ -241,7 +242,7 @@ async def test_a_restarted_server_readopts_and_can_stop_the_session(loki_dir: Pa
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 async def test_no_output_line_is_lost_across_a_restart(loki_dir: Path, how: int) -> None:
     env = {"LOKI_SIM_DELAY": "0.1"}
-    stdout = loki_dir / ".loki" / "sessions"
+    stdout = loki_dir / ".loki" / "output"
     first = ServerProcess(loki_dir, "--simulate", env=env).start()
     with api(first) as client:
         session_id = client.post("/api/sessions", json={}).json()["sessionId"]

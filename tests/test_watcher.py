@@ -261,6 +261,24 @@ async def test_in_process_watcher_that_cannot_start_keeps_trying(
 # --------------------------------------------------------------- live server
 
 
+@pytest.mark.anyio
+async def test_in_process_output_growth_wakes_the_supervisor_without_inotify_of_its_own(
+        tmp_path: Path) -> None:
+    settings = Settings(loki_dir=tmp_path)
+    bus = EventBus(history=10)
+    bus.bind_loop()
+    store = StateStore(settings, bus)
+    grew: list[str] = []
+    watcher = StateWatcher(settings, store, bus, on_output=grew.append)
+    async with anyio.create_task_group() as tg:
+        await tg.start(watcher.run)
+        output = settings.output_dir / "s1" / "stdout.txt"
+        output.parent.mkdir(parents=True)
+        output.write_bytes(b"a line\n")
+        await wait_for(lambda: "s1" in grew, timeout=5)
+        tg.cancel_scope.cancel()
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One real server (no --simulate: the files are written by the tests) for this module."""

@@ -54,6 +54,16 @@ class Settings:
         return self.state_dir / "events"
 
     @property
+    def output_dir(self) -> Path:
+        """Copies of session output, `<id>/stdout.txt|stderr.txt`.
+
+        Outside `sessions/`: a line written there would wake the state watcher's
+        threads, which then compete with the loop for the GIL (measured: +0.28 ms
+        before each line is published).
+        """
+        return self.state_dir / "output"
+
+    @property
     def is_loopback_bind(self) -> bool:
         return is_loopback_host(self.host)
 

@@ -40,6 +40,7 @@ from . import control
 from .cli_resolution import CliCommand, resolve_cli
 from .output_watch import OutputWatch
 from .process import (
+    EXIT_FILE,
     STDERR_FILE,
     STDOUT_FILE,
     OutputTail,
@@ -68,16 +69,17 @@ OFFSET_SAVE_INTERVAL = 0.5
 class Supervised:
     """A session process this server watches: our child, or one re-adopted after a restart."""
 
-    def __init__(self, session_id: str, directory: Path, pgid: int,
+    def __init__(self, session_id: str, directory: Path, output_dir: Path, pgid: int,
                  proc: subprocess.Popen[bytes] | None, *, from_end: bool = False,
                  offsets: dict[str, int] | None = None) -> None:
         self.id = session_id
         self.dir = directory
+        self.output_dir = output_dir
         self.pgid = pgid
         self.proc = proc
         self.stopping = False
         offsets = offsets or {}
-        self.tails = [OutputTail(directory / name, stream, from_end=from_end,  # type: ignore[arg-type]
+        self.tails = [OutputTail(output_dir / name, stream, from_end=from_end,  # type: ignore[arg-type]
                                  offset=offsets.get(name))
                       for name, stream in ((STDOUT_FILE, "stdout"), (STDERR_FILE, "stderr"))]
         self.done = anyio.Event()
@@ -211,7 +213,8 @@ class SessionManager:
                 offsets = saved_offsets(state.dir)
                 if offsets:
                     # Publish what it printed after the last saved position, before it ended.
-                    ended = Supervised(state.id, state.dir, 0, None, offsets=offsets)
+                    ended = Supervised(state.id, state.dir, self._output_of(state.id), 0, None,
+                                       offsets=offsets)
                     self._drain(ended)
                     for tail in ended.tails:
                         tail.close()
@@ -225,7 +228,8 @@ class SessionManager:
                 continue
             log.info("re-adopting session %s (pid %d)", state.id, pid)
             # Go on from where a graceful predecessor stopped publishing, else from now.
-            sup = Supervised(state.id, state.dir, pid, None, from_end=True,
+            sup = Supervised(state.id, state.dir, self._output_of(state.id), pid, None,
+                             from_end=True,
                              offsets=saved_offsets(state.dir))
             if record.pid != pid:
                 self.store.update_record(state.id, pid=pid)
@@ -257,7 +261,8 @@ class SessionManager:
         env = {**os.environ, "LOKI_SESSION_ID": session_id, "LOKI_API_MODE": "true",
                "LOKI_DIR": str(self.settings.loki_dir)}
         try:
-            proc = spawn(argv, cwd=self.settings.loki_dir, env=env, output_dir=state.dir)
+            proc = spawn(argv, cwd=self.settings.loki_dir, env=env,
+                         output_dir=self._output_of(session_id), exit_file=state.dir / EXIT_FILE)
         except OSError as exc:
             self.store.update_record(session_id, status="failed")
             raise ApiError(f"Cannot start the Loki CLI ({argv[0]}): {exc.strerror or exc}",
@@ -265,7 +270,7 @@ class SessionManager:
         (state.dir / SUPERVISOR_FILE).write_text(
             json.dumps({"pid": proc.pid, "server": os.getpid(), "argv": argv}))
         log.info("session %s started: pid %d: %s", session_id, proc.pid, " ".join(argv))
-        sup = Supervised(session_id, state.dir, proc.pid, proc)
+        sup = Supervised(session_id, state.dir, self._output_of(session_id), proc.pid, proc)
         sup.save_offsets()  # a successor after SIGKILL reads from here, not from the end
         self._watch(sup)
         if timeout is not None:
@@ -328,6 +333,7 @@ class SessionManager:
             raise Conflict(f"Session {session_id} is still running; stop it first")
         self.store.remove(session_id)
         shutil.rmtree(state.dir, ignore_errors=True)
+        shutil.rmtree(self._output_of(session_id), ignore_errors=True)
 
     # ------------------------------------------------------------------- queries
 
@@ -356,6 +362,9 @@ class SessionManager:
         return current if state is not None and state.record.status in ACTIVE_STATUSES else None
 
     # ----------------------------------------------------------------- internals
+
+    def _output_of(self, session_id: str) -> Path:
+        return self.settings.output_dir / session_id
 
     def _session(self, session_id: str) -> SessionState:
         state = self.store.get(session_id) if valid_session_id(session_id) else None
@@ -429,7 +438,7 @@ class SessionManager:
 
         exited, code = False, None
         if self.output_watch is not None:
-            self.output_watch.watch(sup.dir, output_grew)
+            self.output_watch.watch(sup.output_dir, output_grew)
         try:
             while True:
                 if read_chunk():
@@ -445,7 +454,7 @@ class SessionManager:
             self._finished(sup, code)
         finally:
             if self.output_watch is not None:
-                self.output_watch.unwatch(sup.dir)
+                self.output_watch.unwatch(sup.output_dir)
             for tail in tails:
                 tail.close()
 

@@ -2,9 +2,9 @@
 
 The child runs in its own session and process group (`setsid`), so Ctrl-C on
 the server or the server's exit does not reach it, and a stop can signal the
-whole group. Its stdout and stderr go straight to files in the session
-directory (`stdout.txt`, `stderr.txt`; deliberately not `*.log`, which the
-watcher turns into log events), never to a pipe: a pipe would break (SIGPIPE)
+whole group. Its stdout and stderr go straight to files in its output
+directory (`.loki/output/<id>/stdout.txt`, `stderr.txt`; outside the
+watched `sessions/` tree), never to a pipe: a pipe would break (SIGPIPE)
 when the server dies, and sessions must outlive a server restart. The server
 tails those files, so the on-disk copy costs the hot path nothing, and a
 re-adopted session keeps streaming its output after a restart.
@@ -39,18 +39,20 @@ Publish = Callable[[str, Model], object]
 
 
 def spawn(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
-          output_dir: Path) -> subprocess.Popen[bytes]:
+          output_dir: Path, exit_file: Path | None = None) -> subprocess.Popen[bytes]:
     """Start `argv` (never through a shell) in a new session / process group.
 
-    It runs under `launcher`, which records its exit code in `exit.json`.
+    Its output goes to `output_dir`. It runs under `launcher`, which records its
+    exit code in `exit_file` (default: `output_dir/exit.json`).
     Raises FileNotFoundError when `argv[0]` cannot be found.
     """
     if find_executable(argv[0], cwd, env) is None:
         raise FileNotFoundError(2, "No such executable file", argv[0])
+    exit_file = exit_file or output_dir / EXIT_FILE
     output_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
-        (output_dir / EXIT_FILE).unlink()
-    launcher = [sys.executable, "-m", "loki_api.sessions.launcher", str(output_dir / EXIT_FILE)]
+        exit_file.unlink()
+    launcher = [sys.executable, "-m", "loki_api.sessions.launcher", str(exit_file)]
     with open(output_dir / STDOUT_FILE, "ab") as out, open(output_dir / STDERR_FILE, "ab") as err:
         return subprocess.Popen(
             [*launcher, *argv], cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out,

@@ -44,18 +44,19 @@ class PathFilter:
     - `<state>/state.json`
     - `<sessions>/<id>` directories (appearing, disappearing)
     - `<sessions>/<id>/{session,tasks,phase,agents}.json` and `<sessions>/<id>/*.log`
-    - `<sessions>/<id>/stdout.txt|stderr.txt` (the child's output: wakes its supervisor)
+    - with `output_dir`: `<output>/<id>/stdout.txt|stderr.txt` (a child's output: wakes
+      its supervisor; only where `OutputWatch` cannot do that)
 
     Temp files of atomic writes, the session output copy and everything else
     are ignored; a rename is seen through its destination.
     """
 
-    def __init__(self, state_dir: Path, sessions_dir: Path, *, output: bool = True) -> None:
-        """`output=False`: the output copies are watched elsewhere (`OutputWatch`)."""
+    def __init__(self, state_dir: Path, sessions_dir: Path, *,
+                 output_dir: Path | None = None) -> None:
         self.state_file = os.fspath(state_dir / STATE_FILE)
         self.sessions_dir = os.fspath(sessions_dir)
+        self.output_dir = os.fspath(output_dir) if output_dir is not None else None
         self.session_files = frozenset(SESSION_FILES)
-        self.output_files = OUTPUT_FILES if output else frozenset()
 
     def __call__(self, path: str, is_directory: bool) -> bool:
         parent, name = os.path.split(path)
@@ -63,10 +64,12 @@ class PathFilter:
             return parent == self.sessions_dir
         if path == self.state_file:
             return True
-        if os.path.dirname(parent) != self.sessions_dir:
+        grandparent = os.path.dirname(parent)
+        if grandparent == self.output_dir:
+            return name in OUTPUT_FILES
+        if grandparent != self.sessions_dir:
             return False
-        return (name in self.session_files or name.endswith(LOG_SUFFIX)
-                or name in self.output_files)
+        return name in self.session_files or name.endswith(LOG_SUFFIX)
 
 
 class HandOff(FileSystemEventHandler):

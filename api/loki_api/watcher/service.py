@@ -123,8 +123,10 @@ class StateWatcher:
         self.saved_log_positions: dict[Path, tuple[int, int]] = {}
         self.check_interval = check_interval
         self.restarts = 0
+        # Output is watched here only for a manager without its own `OutputWatch`.
+        self.output_dir = settings.output_dir if on_output is not None else None
         self._wanted = PathFilter(settings.state_dir, settings.sessions_dir,
-                                  output=on_output is not None)
+                                  output_dir=self.output_dir)
         self._observer: BaseObserver | None = None
         self._coalescer: Coalescer | None = None
         self._overflow: _OverflowListener | None = None
@@ -192,6 +194,10 @@ class StateWatcher:
                               event_filter=EVENT_FILTER)
             observer.schedule(handler, os.fspath(self.settings.state_dir), recursive=False,
                               event_filter=EVENT_FILTER)
+            if self.output_dir is not None:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                observer.schedule(handler, os.fspath(self.output_dir), recursive=True,
+                                  event_filter=EVENT_FILTER)
             observer.start()
         except BaseException:
             observer.stop()  # also ends the inotify reader thread the observer began with
@@ -243,13 +249,12 @@ class StateWatcher:
 
     def _process(self, path: str) -> bool:
         target = Path(path)
-        if target.parent.parent == self.sessions_dir:
-            if path.endswith(LOG_SUFFIX):
-                return self.tailer.poll(target)
-            if target.name in OUTPUT_FILES:
-                if self.on_output is not None:
-                    self.on_output(target.parent.name)
-                return False
+        if target.parent.parent == self.output_dir:
+            if self.on_output is not None and target.name in OUTPUT_FILES:
+                self.on_output(target.parent.name)
+            return False
+        if target.parent.parent == self.sessions_dir and path.endswith(LOG_SUFFIX):
+            return self.tailer.poll(target)
         self.store.apply_file(target)
         if target.parent == self.sessions_dir:
             self._session_dir_changed(target)
