@@ -18,33 +18,39 @@ async def test_output_growth_wakes_only_its_own_session(tmp_path: Path) -> None:
     watch = OutputWatch.create()
     assert watch is not None
     watch.start()
-    woke: list[str] = []
+    woke: list[tuple[str, bool]] = []
     first, second = tmp_path / "s1", tmp_path / "s2"
     for directory in (first, second):
         directory.mkdir()
-        assert watch.watch(directory, lambda name=directory.name: woke.append(name))
+        assert watch.watch(directory,
+                           lambda closed, name=directory.name: woke.append((name, closed)))
     try:
         (first / "tasks.json").write_text("{}")  # not output: no wake-up
-        with open(first / "stdout.txt", "ab") as out:
-            out.write(b"line\n")
+        out = open(first / "stdout.txt", "ab")  # noqa: SIM115 - closed below, on purpose
+        out.write(b"line\n")
+        out.flush()
         with anyio.fail_after(5):
-            while "s1" not in woke:
+            while ("s1", False) not in woke:
                 await anyio.sleep(0.001)
-        assert woke == ["s1"]
+        out.close()  # the writer is gone (its process ended): that wakes too
+        with anyio.fail_after(5):
+            while ("s1", True) not in woke:
+                await anyio.sleep(0.001)
+        assert woke == [("s1", False), ("s1", True)]
 
         watch.unwatch(first)
         with open(first / "stderr.txt", "ab") as err:
             err.write(b"unwatched\n")
         with open(second / "stderr.txt", "ab") as err:
             err.write(b"watched\n")
-        # inotify reports in order: once s2's write is seen, s1's would have been too.
+        # inotify reports in order: once s2's close is seen, s1's write would have been too.
         with anyio.fail_after(5):
-            while "s2" not in woke:
+            while ("s2", True) not in woke:
                 await anyio.sleep(0.001)
-        assert woke == ["s1", "s2"]
+        assert [name for name, _ in woke] == ["s1", "s1", "s2", "s2"]
     finally:
         watch.close()
-    assert not watch.watch(first, lambda: None)  # closed: nothing watched any more
+    assert not watch.watch(first, lambda closed: None)  # closed: nothing watched any more
 
 
 def test_the_state_watcher_sees_output_only_when_asked_to(tmp_path: Path) -> None:
@@ -76,7 +82,7 @@ async def test_a_running_session_is_read_when_inotify_says_so(
     from loki_api.sessions import manager
     from loki_api.settings import Settings
 
-    from .support import serve_in_process, sse_stream
+    from .support import serve_in_process, sse_stream, wait_for
 
     # Without the inotify wake-up the supervisor would only look again in a minute.
     monkeypatch.setattr(manager, "POLL_INTERVAL", 60.0)
@@ -95,3 +101,5 @@ async def test_a_running_session_is_read_when_inotify_says_so(
             assert (await reader.next()).json()["data"]["message"] == "first"
             script.with_suffix(".go").touch()
             assert (await reader.next()).json()["data"]["message"] == "second"
+        # Its exit is noticed as it closes its output, not by the (minute-long) poll.
+        await wait_for(lambda: srv.runtime.sessions.counts().running == 0)

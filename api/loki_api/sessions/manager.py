@@ -64,6 +64,9 @@ INPUT_STATUSES = frozenset({"starting", "running", "paused"})
 POLL_INTERVAL = 0.02
 # How often, while output flows, the read position is saved for a successor server.
 OFFSET_SAVE_INTERVAL = 0.5
+# After the last writer closed its output (a process closes its files just
+# before it becomes waitable), how long to look for its exit every millisecond.
+EXIT_WATCH = 0.1
 
 
 class Supervised:
@@ -86,6 +89,7 @@ class Supervised:
         # Set when the watcher sees the output files change: read now, not at the next poll.
         self.wakeup = anyio.Event()
         self.offsets_saved_at = 0.0
+        self.output_closed_at = 0.0
 
     def wake(self) -> None:
         self.wakeup.set()
@@ -431,14 +435,16 @@ class SessionManager:
                 sup.save_offsets()
             return got
 
-        def output_grew() -> None:
+        def output_changed(closed: bool) -> None:
             # Read here, in the inotify callback: waking the task first adds ~0.2 ms a line.
-            if read_chunk():
-                sup.wake()  # the task reads on while there is more
+            if closed:
+                sup.output_closed_at = time.monotonic()
+            if read_chunk() or closed:
+                sup.wake()  # the task reads on while there is more, or sees the exit
 
         exited, code = False, None
         if self.output_watch is not None:
-            self.output_watch.watch(sup.output_dir, output_grew)
+            self.output_watch.watch(sup.output_dir, output_changed)
         try:
             while True:
                 if read_chunk():
@@ -448,7 +454,10 @@ class SessionManager:
                     break  # drained after the exit too
                 exited, code = sup.exited()
                 if not exited:
-                    await sup.idle()
+                    if time.monotonic() - sup.output_closed_at < EXIT_WATCH:
+                        await anyio.sleep(0.001)  # it is exiting: notice it at once
+                    else:
+                        await sup.idle()
                 # Else one more pass: what it wrote just before exiting, chunk by chunk.
             self._drain(sup)
             self._finished(sup, code)

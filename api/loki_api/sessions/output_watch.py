@@ -3,8 +3,9 @@
 The state watcher (watchdog) sees these writes too, but only after three
 threads and a hop onto the loop: ~0.6 ms per output line, measured, which every
 subscriber of that line waits for. Here the event loop reads an inotify
-descriptor itself: one watch per supervised session directory, for
-`IN_MODIFY` only, and only `stdout.txt`/`stderr.txt` count.
+descriptor itself: one watch per supervised session's output directory, for
+`IN_MODIFY` (output grew) and `IN_CLOSE_WRITE` (the last writer closed it:
+the process has probably ended), and only `stdout.txt`/`stderr.txt` count.
 
 Where inotify is not available (not Linux), `OutputWatch.create()` returns None
 and the state watcher hands these changes to the supervisors instead. Either
@@ -31,12 +32,16 @@ except (ImportError, OSError):  # not Linux: the state watcher does this job
     INotify = None  # type: ignore[assignment,misc]
 
 
+# Told whether the writer closed the file (else it wrote to it).
+Wake = Callable[[bool], None]
+
+
 class OutputWatch:
-    """inotify on the event loop: `watch(directory, wake)` calls `wake()` when output grows."""
+    """inotify on the event loop: `watch(directory, wake)` calls `wake(closed)` on output."""
 
     def __init__(self) -> None:
         self._inotify: Any = None
-        self._by_wd: dict[int, Callable[[], None]] = {}
+        self._by_wd: dict[int, Wake] = {}
         self._wd_of: dict[Path, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -66,12 +71,15 @@ class OutputWatch:
         self._inotify.close()
         self._inotify = None
 
-    def watch(self, directory: Path, wake: Callable[[], None]) -> bool:
-        """Call `wake` whenever a file of `directory`'s output grows. False if it cannot."""
+    def watch(self, directory: Path, wake: Wake) -> bool:
+        """Call `wake` whenever an output file in `directory` grows or is closed.
+
+        False if it cannot (the supervisor then relies on its poll).
+        """
         if self._inotify is None:
             return False
         try:
-            wd = self._inotify.add_watch(os.fspath(directory), flags.MODIFY)
+            wd = self._inotify.add_watch(os.fspath(directory), flags.MODIFY | flags.CLOSE_WRITE)
         except OSError as exc:
             log.debug("cannot watch %s for output (%s); polling it", directory, exc)
             return False
@@ -101,4 +109,4 @@ class OutputWatch:
             elif event.name in OUTPUT_FILES:
                 wake = self._by_wd.get(event.wd)
                 if wake is not None:
-                    wake()
+                    wake(bool(event.mask & flags.CLOSE_WRITE))
