@@ -215,6 +215,21 @@ async def test_a_stream_that_falls_behind_and_catches_up_misses_nothing_and_repe
 
 
 @pytest.mark.anyio
+async def test_a_live_stream_closed_in_the_publishing_turn_still_gets_that_turns_frames(
+) -> None:
+    bus = EventBus()
+    bus.bind_loop()
+    sub = bus.subscribe()[0]
+    stream = FakeStream(bus, sub)
+    await turn()
+    assert sub.live
+    bus.publish("log:info", log(1))
+    bus.close_streams()  # the server shuts down in the same turn
+    await turn()
+    assert stream.got == [bus.history()[-1].frame] and sub.closed
+
+
+@pytest.mark.anyio
 async def test_pings_reach_live_and_waiting_streams() -> None:
     bus = EventBus()
     bus.bind_loop()

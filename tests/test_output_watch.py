@@ -103,3 +103,19 @@ async def test_a_running_session_is_read_when_inotify_says_so(
             assert (await reader.next()).json()["data"]["message"] == "second"
         # Its exit is noticed as it closes its output, not by the (minute-long) poll.
         await wait_for(lambda: srv.runtime.sessions.counts().running == 0)
+
+
+def test_a_session_started_before_output_moved_is_read_where_it_writes(tmp_path: Path) -> None:
+    from loki_api.bus import EventBus
+    from loki_api.sessions.manager import SessionManager
+    from loki_api.settings import Settings
+    from loki_api.state import StateStore
+
+    settings = Settings(loki_dir=tmp_path)  # type: ignore[call-arg]
+    bus = EventBus()
+    manager = SessionManager(settings, StateStore(settings, bus), bus)
+    legacy = settings.sessions_dir / "old"
+    legacy.mkdir(parents=True)
+    (legacy / "stdout.txt").write_bytes(b"printed by a session of an older server\n")
+    assert manager._output_of("old") == legacy
+    assert manager._output_of("new") == settings.output_dir / "new"

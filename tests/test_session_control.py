@@ -117,6 +117,18 @@ def test_tail_follows_appends_and_keeps_the_last_unterminated_line(tmp_path: Pat
     assert seen == ["new one", "half"]
 
 
+def test_a_closed_tail_still_knows_where_it_stopped(tmp_path: Path) -> None:
+    # A server shutting down saves this for its successor after the reader closed.
+    path = tmp_path / "stdout.txt"
+    path.write_bytes(b"one\ntwo\npart")
+    tail = OutputTail(path, "stdout")
+    assert tail.pump(lambda *_: None) is True
+    assert tail.position == len(b"one\ntwo\n")  # the partial line is read again
+    tail.close()
+    assert tail.position == len(b"one\ntwo\n")
+    assert OutputTail(tmp_path / "missing.txt", "stdout").position is None
+
+
 def test_a_big_burst_is_published_over_several_bounded_pumps(tmp_path: Path) -> None:
     path = tmp_path / "stdout.txt"
     lines = [f"bench {seq} {'x' * (seq % 50 + 1)}" for seq in range(20_000)]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import select
+import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -100,16 +101,21 @@ def test_pause_waits_and_input_is_acknowledged(loki_dir: Path) -> None:
         env={**os.environ, "LOKI_SIM_DELAY": "0", "LOKI_SESSION_ID": "s3",
              "LOKI_DIR": str(loki_dir)})
     seen: list[str] = []
+    # A thread reads the lines: select() on a buffered pipe misses lines that
+    # arrived together and already sit in the reader's buffer.
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout],
+                              daemon=True)
+    reader.start()
 
     def read_until(text: str, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
-        assert proc.stdout is not None
         while not any(text in line for line in seen):
-            ready, _, _ = select.select([proc.stdout], [], [], max(deadline - time.monotonic(), 0))
-            assert ready, f"no {text!r} within {timeout}s; got {seen}"
-            line = proc.stdout.readline()
-            assert line, f"output ended before {text!r}; got {seen}"
-            seen.append(line)
+            try:
+                seen.append(lines.get(timeout=max(deadline - time.monotonic(), 0)))
+            except queue.Empty:
+                raise AssertionError(f"no {text!r} within {timeout}s; got {seen}") from None
 
     try:
         read_until("Received human input: use sqlite")  # read while paused
@@ -129,12 +135,17 @@ def test_pause_waits_and_input_is_acknowledged(loki_dir: Path) -> None:
         read_until("Received human input: via fifo")
         assert not any("Resumed" in line for line in seen)  # still paused
         (session_dir / "PAUSE").unlink()
-        rest, _ = proc.communicate(timeout=20)
-        out = "".join(seen) + rest
+        proc.wait(timeout=20)
+        reader.join(10)
+        while not lines.empty():
+            seen.append(lines.get())
+        out = "".join(seen)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        reader.join(10)
+        proc.stdout.close()
     assert "Paused" in out and "Resumed" in out
     assert "Received human input: use sqlite" in out
     assert "Received human input: via fifo" in out

@@ -223,6 +223,23 @@ async def test_a_stream_whose_socket_fills_up_catches_up_without_gap_or_duplicat
 
 
 @pytest.mark.anyio
+async def test_a_client_that_pipelined_a_request_and_left_is_unsubscribed(
+        live: InProcessServer) -> None:
+    # uvicorn marks only the newest request of a closed connection as disconnected.
+    bus = live.runtime.bus
+    port = int(live.url.rsplit(":", 1)[1])
+    client = socket.create_connection(("127.0.0.1", port))
+    client.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                   b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    await wait_for(lambda: bus.subscriber_count == 1 and bus.subscribers()[0].live)
+    client.close()
+    with anyio.fail_after(10):
+        while bus.subscriber_count:
+            bus.publish("log:info", log("anyone there?"))
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.anyio
 async def test_stream_sends_cors_headers_to_allowed_origins_only(live: InProcessServer) -> None:
     async with sse_stream(live.url, headers={"Origin": "http://localhost:5173"}) as reader:
         assert reader.response.headers["access-control-allow-origin"] == "http://localhost:5173"

@@ -322,6 +322,11 @@ class EventBus:
 
     def close_subscriber(self, subscriber: Subscriber) -> None:
         """Stop sending to `subscriber`; its stream ends after what is pending."""
+        if subscriber.live:
+            group = self._groups.get(subscriber.filter)
+            if group is not None and group.batch:
+                # This turn's frames will not reach it as a batch any more: keep them.
+                subscriber.pending.extend(group.batch)
         self.unsubscribe(subscriber)
         subscriber.closed = True
         self._mark(subscriber)

@@ -10,8 +10,9 @@ the same transport, so the bytes on the wire are the same.
 
 It is used only between the stream's first body message and its last, both of
 which still go through `send`; `DirectChunkWriter.of` returns None for any other
-server or protocol (h11, HTTP/1.0 without chunking, a wrapped `send`), and the
-stream then keeps using `send`.
+server or protocol (h11, a response that is not chunked, a wrapped `send` as
+with `--rate-limit`, a uvicorn whose cycle lacks an attribute used here), and
+the stream then keeps using `send`.
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ class DirectChunkWriter:
             return None
         try:
             usable = (cycle.response_started and cycle.chunked_encoding is True
-                      and not cycle.response_complete and cycle.flow is not None
-                      and cycle.transport is not None)
+                      and not cycle.response_complete and cycle.disconnected is False
+                      and isinstance(cycle.flow.write_paused, bool)
+                      and callable(cycle.transport.write)
+                      and callable(cycle.transport.is_closing)
+                      and callable(cycle.message_event.set))
         except AttributeError:  # another uvicorn version: keep to the ASGI send
             return None
         return cls(cycle) if usable else None
@@ -58,5 +62,12 @@ class DirectChunkWriter:
         cycle = self._cycle
         if cycle.disconnected or cycle.response_complete:
             return True  # nothing to write to; the stream learns of it from receive()
+        if self._transport.is_closing():
+            # The connection is gone, but uvicorn told only the newest request on
+            # it (a client that pipelined another request behind this stream):
+            # tell ours as uvicorn would, so its receive() ends the stream.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            return True
         self._transport.write(data)
         return not self._flow.write_paused

@@ -368,7 +368,11 @@ class SessionManager:
     # ----------------------------------------------------------------- internals
 
     def _output_of(self, session_id: str) -> Path:
-        return self.settings.output_dir / session_id
+        output = self.settings.output_dir / session_id
+        legacy = self.settings.sessions_dir / session_id
+        if not output.exists() and (legacy / STDOUT_FILE).exists():
+            return legacy  # started by a server from before output moved out of sessions/
+        return output
 
     def _session(self, session_id: str) -> SessionState:
         state = self.store.get(session_id) if valid_session_id(session_id) else None

@@ -47,15 +47,23 @@ class OutputWatch:
 
     @classmethod
     def create(cls) -> OutputWatch | None:
-        """A watch, or None where this platform has no inotify."""
-        return cls() if INotify is not None else None
+        """A watch, or None where inotify cannot be used (not Linux, no instances left)."""
+        if INotify is None:
+            return None
+        try:
+            INotify().close()  # can we have one? (the real one opens in `start`)
+        except OSError as exc:
+            log.warning("cannot watch session output with inotify (%s); "
+                        "the state watcher does it", exc)
+            return None
+        return cls()
 
     def start(self) -> None:
         """Open the descriptor and read it on the running loop from now on."""
         try:
             self._inotify = INotify(nonblocking=True)
-        except OSError as exc:  # out of inotify instances: supervisors fall back to polling
-            log.warning("cannot watch session output with inotify (%s); polling it", exc)
+        except OSError as exc:  # lost a race for the last instance: supervisors poll
+            log.error("cannot watch session output with inotify (%s); polling it", exc)
             return
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._inotify.fileno(), self._readable)
@@ -101,12 +109,27 @@ class OutputWatch:
         try:
             events = self._inotify.read(timeout=0)
         except OSError:
-            log.exception("reading inotify events failed")
+            # Broken for good: stop reading (no busy loop); supervisors poll.
+            log.exception("reading inotify events failed; session output is polled from now on")
+            self.close()
             return
         for event in events:
-            if event.mask & flags.IGNORED:
-                self._by_wd.pop(event.wd, None)  # its directory went away
+            if event.mask & flags.Q_OVERFLOW:  # events were lost: everyone reads
+                for wake in list(self._by_wd.values()):
+                    self._call(wake, True)
+            elif event.mask & flags.IGNORED:  # its directory went away
+                self._by_wd.pop(event.wd, None)
+                for directory, wd in list(self._wd_of.items()):
+                    if wd == event.wd:
+                        del self._wd_of[directory]
             elif event.name in OUTPUT_FILES:
                 wake = self._by_wd.get(event.wd)
                 if wake is not None:
-                    wake(bool(event.mask & flags.CLOSE_WRITE))
+                    self._call(wake, bool(event.mask & flags.CLOSE_WRITE))
+
+    @staticmethod
+    def _call(wake: Wake, closed: bool) -> None:
+        try:
+            wake(closed)
+        except Exception:  # one session's failure must not cost the others their wake-up
+            log.exception("handling new session output failed")

@@ -94,6 +94,7 @@ class OutputTail:
         self.splitter = LineSplitter()
         self.lines = 0
         self._file = None
+        self._closed_at: int | None = None  # `position` once closed
         try:
             self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
             if offset is not None:
@@ -126,9 +127,12 @@ class OutputTail:
 
     @property
     def position(self) -> int | None:
-        """The offset of the first byte not yet published (None when not open)."""
+        """The offset of the first byte not yet published (None if the file never opened).
+
+        Still known after `close()`: a server shutting down saves it for its successor.
+        """
         if self._file is None:
-            return None
+            return self._closed_at
         return self._file.tell() - self.splitter.pending
 
     def finish(self, publish: Publish) -> None:
@@ -140,6 +144,7 @@ class OutputTail:
 
     def close(self) -> None:
         if self._file is not None:
+            self._closed_at = self.position
             self._file.close()
             self._file = None
 
