@@ -55,6 +55,17 @@ async def test_framing_headers_and_connect_preamble(live: InProcessServer) -> No
 
 
 @pytest.mark.anyio
+async def test_head_answers_like_a_get_without_subscribing(live: InProcessServer) -> None:
+    async with httpx.AsyncClient(base_url=live.url, timeout=5) as client:
+        head = await client.head("/api/events", params={"types": "log:info"})
+        bad = await client.head("/api/events", params={"types": "nope"})
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"].startswith("text/event-stream")
+    assert bad.status_code == 400
+    assert live.runtime.bus.subscriber_count == 0
+
+
+@pytest.mark.anyio
 async def test_history_replay_then_live(live: InProcessServer) -> None:
     bus = live.runtime.bus
     for n in range(5):

@@ -50,7 +50,7 @@ class LokiApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == EVENTS_PATH \
-                and scope["method"] == "GET":
+                and scope["method"] in ("GET", "HEAD"):
             scope["app"] = self
             await self.stream_app(scope, receive, send)
             return

@@ -19,7 +19,7 @@ from ..models import EventStats
 from ..params import MAX_LIMIT, json_response, query_int
 from ..responses import JSON_MEDIA_TYPE
 from ..runtime import Runtime
-from ..sse import EventStream
+from ..sse import SSE_HEADERS, EventStream
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -49,8 +49,8 @@ def parse_event_id(raw: str | None, name: str) -> str | None:
     return raw
 
 
-async def stream_events(request: Request) -> EventStream:
-    """The stream for this request (also served, middleware-free, by `EventStreamApp`)."""
+def parse_stream_request(request: Request) -> tuple[EventFilter, int, str | None]:
+    """(filter, history, Last-Event-ID) of a stream request; BadRequest when invalid."""
     bus: EventBus = runtime_of(request).bus
     event_filter = parse_filter(request)
     history = query_int(request, "history", default=0, maximum=bus.history_size) or 0
@@ -58,6 +58,13 @@ async def stream_events(request: Request) -> EventStream:
         request.headers.get("last-event-id") or request.query_params.get("lastEventId"),
         "Last-Event-ID",
     )
+    return event_filter, history, last_id
+
+
+async def stream_events(request: Request) -> EventStream:
+    """The stream for this request (also served, middleware-free, by `EventStreamApp`)."""
+    bus: EventBus = runtime_of(request).bus
+    event_filter, history, last_id = parse_stream_request(request)
     subscriber, replay = bus.subscribe(event_filter, after_id=last_id, last=history)
     return EventStream(bus, subscriber, replay, announce_replay=last_id is None and history > 0)
 
@@ -79,6 +86,13 @@ class EventStreamApp:
         request = Request(scope, receive)
         headers = self.cors_headers(scope)
         try:
+            if scope["method"] == "HEAD":
+                # What a GET would answer, without subscribing or streaming.
+                parse_stream_request(request)
+                head = Response(status_code=200, headers=None)
+                head.raw_headers = [*SSE_HEADERS, *headers]
+                await head(scope, receive, send)
+                return
             stream = await stream_events(request)
         except ApiError as exc:
             response = error_response(exc.status, exc.message, exc.code, exc.details,
