@@ -221,15 +221,19 @@ class EventBus:
         for event_filter, group in self._groups.items():
             if event_filter is MATCH_ALL or event_filter.matches(type, session_id):
                 if group.live:
-                    if not group.batch:
-                        self._dirty_groups.append(group)
-                    group.batch.append(frame)
+                    self._to_batch(group, frame)
                 if group.waiting:
                     self._queue(group.waiting, frame, too_slow)
         for subscriber in too_slow:
             self._cut_off(subscriber)
         self._schedule_tick()
         return event
+
+    def _to_batch(self, group: _Group, frame: bytes) -> None:
+        """Append `frame` to the group's batch, for all its live subscribers at once."""
+        if not group.batch:
+            self._dirty_groups.append(group)
+        group.batch.append(frame)
 
     def _queue(self, waiting: set[Subscriber], frame: bytes, too_slow: list[Subscriber]) -> None:
         """Append `frame` to each waiting subscriber's own list (bounded while blocked)."""
@@ -291,11 +295,15 @@ class EventBus:
                 self._drop_broken(subscriber)
                 continue
             if caught_up and not subscriber.closed and not subscriber.live:
-                group = self._groups.get(subscriber.filter)
-                if group is not None and subscriber in group.waiting:
-                    group.waiting.discard(subscriber)
-                    group.live[subscriber] = None
-                    subscriber.live = True
+                self._go_live(subscriber)
+
+    def _go_live(self, subscriber: Subscriber) -> None:
+        """A waiting subscriber caught up: its frames come as its group's batches from now on."""
+        group = self._groups.get(subscriber.filter)
+        if group is not None and subscriber in group.waiting:
+            group.waiting.discard(subscriber)
+            group.live[subscriber] = None
+            subscriber.live = True
 
     def _wait(self, group: _Group, subscriber: Subscriber) -> None:
         """A live subscriber falls behind: its frames go to its own list from now on."""
@@ -395,9 +403,7 @@ class EventBus:
         """Queue a keep-alive comment on every stream (one pass, no per-stream timers)."""
         for group in self._groups.values():
             if group.live:
-                if not group.batch:
-                    self._dirty_groups.append(group)
-                group.batch.append(PING_FRAME)
+                self._to_batch(group, PING_FRAME)
             for subscriber in group.waiting:
                 subscriber.pending.append(PING_FRAME)  # a ping never cuts a stream off
                 self._mark(subscriber)

@@ -89,7 +89,7 @@ class EventStreamApp:
             if scope["method"] == "HEAD":
                 # What a GET would answer, without subscribing or streaming.
                 parse_stream_request(request)
-                head = Response(status_code=200, headers=None)
+                head = Response(status_code=200)
                 head.raw_headers = [*SSE_HEADERS, *headers]
                 await head(scope, receive, send)
                 return

@@ -264,9 +264,10 @@ class SessionManager:
         argv = self.cli.session_argv(provider, prd_path, dry_run=dry_run, verbose=verbose)
         env = {**os.environ, "LOKI_SESSION_ID": session_id, "LOKI_API_MODE": "true",
                "LOKI_DIR": str(self.settings.loki_dir)}
+        output_dir = self.settings.output_dir / session_id
         try:
             proc = spawn(argv, cwd=self.settings.loki_dir, env=env,
-                         output_dir=self._output_of(session_id), exit_file=state.dir / EXIT_FILE)
+                         output_dir=output_dir, exit_file=state.dir / EXIT_FILE)
         except OSError as exc:
             self.store.update_record(session_id, status="failed")
             raise ApiError(f"Cannot start the Loki CLI ({argv[0]}): {exc.strerror or exc}",
@@ -274,7 +275,7 @@ class SessionManager:
         (state.dir / SUPERVISOR_FILE).write_text(
             json.dumps({"pid": proc.pid, "server": os.getpid(), "argv": argv}))
         log.info("session %s started: pid %d: %s", session_id, proc.pid, " ".join(argv))
-        sup = Supervised(session_id, state.dir, self._output_of(session_id), proc.pid, proc)
+        sup = Supervised(session_id, state.dir, output_dir, proc.pid, proc)
         sup.save_offsets()  # a successor after SIGKILL reads from here, not from the end
         self._watch(sup)
         if timeout is not None:

@@ -41,7 +41,7 @@ class OutputWatch:
 
     def __init__(self) -> None:
         self._inotify: Any = None
-        self._by_wd: dict[int, Wake] = {}
+        self._by_wd: dict[int, tuple[Path, Wake]] = {}
         self._wd_of: dict[Path, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -91,7 +91,7 @@ class OutputWatch:
         except OSError as exc:
             log.debug("cannot watch %s for output (%s); polling it", directory, exc)
             return False
-        self._by_wd[wd] = wake
+        self._by_wd[wd] = (directory, wake)
         self._wd_of[directory] = wd
         return True
 
@@ -115,17 +115,16 @@ class OutputWatch:
             return
         for event in events:
             if event.mask & flags.Q_OVERFLOW:  # events were lost: everyone reads
-                for wake in list(self._by_wd.values()):
+                for _, wake in list(self._by_wd.values()):
                     self._call(wake, True)
             elif event.mask & flags.IGNORED:  # its directory went away
-                self._by_wd.pop(event.wd, None)
-                for directory, wd in list(self._wd_of.items()):
-                    if wd == event.wd:
-                        del self._wd_of[directory]
+                gone = self._by_wd.pop(event.wd, None)
+                if gone is not None:
+                    self._wd_of.pop(gone[0], None)
             elif event.name in OUTPUT_FILES:
-                wake = self._by_wd.get(event.wd)
-                if wake is not None:
-                    self._call(wake, bool(event.mask & flags.CLOSE_WRITE))
+                watched = self._by_wd.get(event.wd)
+                if watched is not None:
+                    self._call(watched[1], bool(event.mask & flags.CLOSE_WRITE))
 
     @staticmethod
     def _call(wake: Wake, closed: bool) -> None:
