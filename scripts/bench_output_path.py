@@ -37,8 +37,11 @@ def make_file(directory: Path, lines: int) -> Path:
     path = directory / "stdout.txt"
     with open(path, "w") as file:
         for n in range(lines):
-            file.write(f"{SAMPLE[n % len(SAMPLE)]} #{n}\n" if n % len(SAMPLE) not in (0, 6)
-                       else SAMPLE[n % len(SAMPLE)] + "\n")
+            file.write(
+                f"{SAMPLE[n % len(SAMPLE)]} #{n}\n"
+                if n % len(SAMPLE) not in (0, 6)
+                else SAMPLE[n % len(SAMPLE)] + "\n"
+            )
     return path
 
 
@@ -47,9 +50,13 @@ def run(path: Path, subscribers: int) -> tuple[float, int]:
     for n in range(subscribers):
         # A mix of filters, as real dashboards use: all events, one session, logs only.
         kind = n % 3
-        event_filter = (EventFilter.parse(None, None, None) if kind == 0
-                        else EventFilter.parse("s1", None, None) if kind == 1
-                        else EventFilter.parse(None, "log:info,log:warn", None))
+        event_filter = (
+            EventFilter.parse(None, None, None)
+            if kind == 0
+            else EventFilter.parse("s1", None, None)
+            if kind == 1
+            else EventFilter.parse(None, "log:info,log:warn", None)
+        )
         bus.subscribe(event_filter)
     tail = OutputTail(path, "stdout")
     began = time.perf_counter()
@@ -72,9 +79,11 @@ def main() -> None:
         print(f"parse only:             {len(lines) / parse_only:>12,.0f} lines/s")
         for subscribers in (0, args.subscribers):
             elapsed, published = run(path, subscribers)
-            print(f"read+parse+publish, {subscribers:>4} subscribers: "
-                  f"{published / elapsed:>12,.0f} lines/s ({published} events in "
-                  f"{elapsed * 1000:.1f} ms)")
+            print(
+                f"read+parse+publish, {subscribers:>4} subscribers: "
+                f"{published / elapsed:>12,.0f} lines/s ({published} events in "
+                f"{elapsed * 1000:.1f} ms)"
+            )
 
 
 if __name__ == "__main__":

@@ -35,9 +35,23 @@ SESSION_ID = "bench-latency"
 def start_server(loki_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loki_api", "serve", "--host", "127.0.0.1", "--port", "0",
-         "--loki-dir", str(loki_dir), "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "loki_api",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--loki-dir",
+            str(loki_dir),
+            "--log-level",
+            "warning",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -69,8 +83,9 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def tasks_doc(progress: int) -> bytes:
-    return json.dumps({"tasks": [{"id": "t1", "title": "bench", "status": "running",
-                                  "progress": progress}]}).encode()
+    return json.dumps(
+        {"tasks": [{"id": "t1", "title": "bench", "status": "running", "progress": progress}]}
+    ).encode()
 
 
 async def next_event(lines: object) -> dict[str, object]:
@@ -89,9 +104,11 @@ def percentile(samples: list[float], pct: float) -> float:
 
 def summary(name: str, samples: list[float]) -> str:
     ms = [s * 1000 for s in samples]
-    return (f"{name:<9} n={len(ms):<4} p50={percentile(ms, 50):6.2f} ms  "
-            f"p90={percentile(ms, 90):6.2f} ms  p99={percentile(ms, 99):6.2f} ms  "
-            f"max={max(ms):6.2f} ms  mean={statistics.fmean(ms):6.2f} ms")
+    return (
+        f"{name:<9} n={len(ms):<4} p50={percentile(ms, 50):6.2f} ms  "
+        f"p90={percentile(ms, 90):6.2f} ms  p99={percentile(ms, 99):6.2f} ms  "
+        f"max={max(ms):6.2f} ms  mean={statistics.fmean(ms):6.2f} ms"
+    )
 
 
 async def measure(url: str, session_dir: Path, writes: int, warmup: int) -> dict[str, list[float]]:
@@ -126,8 +143,9 @@ def main() -> None:
         loki_dir = Path(tmp) / "project"
         session_dir = loki_dir / ".loki" / "sessions" / SESSION_ID
         session_dir.mkdir(parents=True)
-        (session_dir / "session.json").write_text(json.dumps(
-            {"status": "running", "startedAt": "2026-01-01T00:00:00.000Z"}))
+        (session_dir / "session.json").write_text(
+            json.dumps({"status": "running", "startedAt": "2026-01-01T00:00:00.000Z"})
+        )
         write_in_place(session_dir / "tasks.json", tasks_doc(0))
         proc, url = start_server(loki_dir, Path(tmp) / "server.log")
         try:

@@ -30,15 +30,17 @@ from pathlib import Path
 
 import httpx
 
-CHECKS = ",".join([
-    "not_a_server_error",
-    "status_code_conformance",
-    "content_type_conformance",
-    "response_schema_conformance",
-    "response_headers_conformance",
-    "unsupported_method",        # an undocumented method on a known path is 405 ...
-    "allow_header_conformance",  # ... whose Allow lists exactly the documented methods
-])
+CHECKS = ",".join(
+    [
+        "not_a_server_error",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_schema_conformance",
+        "response_headers_conformance",
+        "unsupported_method",  # an undocumented method on a known path is 405 ...
+        "allow_header_conformance",  # ... whose Allow lists exactly the documented methods
+    ]
+)
 URL_LINE = re.compile(r"url\s+(https?://\S+)")
 PRD = "# Fuzzing PRD\n\n## Build\n\n- write the code\n- test the code\n"
 
@@ -56,10 +58,28 @@ class Server:
         env = {**os.environ, "LOKI_SIM_DELAY": "0.1"}
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "loki_api", "serve", "--simulate", "--host", "127.0.0.1",
-                 "--port", "0", "--loki-dir", str(self.loki_dir), "--stop-grace", "2",
-                 "--stop-sessions-on-exit", "--max-sessions", "3"],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "loki_api",
+                    "serve",
+                    "--simulate",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--loki-dir",
+                    str(self.loki_dir),
+                    "--stop-grace",
+                    "2",
+                    "--stop-sessions-on-exit",
+                    "--max-sessions",
+                    "3",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -94,26 +114,53 @@ class Server:
             self.proc.wait()
 
 
-def schemathesis_command(url: str, args: argparse.Namespace, extra: list[str], *,
-                         stream: bool) -> list[str]:
+def schemathesis_command(
+    url: str, args: argparse.Namespace, extra: list[str], *, stream: bool
+) -> list[str]:
     """The REST pass (every operation but the stream), or the stream pass.
 
     The stream never ends by itself: schemathesis reads a `text/event-stream` until
     20 events arrive or the request timeout passes, so the stream pass uses a short
     timeout and no stateful phase (no links lead to the stream).
     """
-    scope = (["--include-path", "/api/events", "--phases", "examples,coverage,fuzzing",
-              "--max-examples", str(args.stream_examples), "--request-timeout", "1"]
-             if stream else
-             ["--exclude-path", "/api/events", "--phases", "examples,coverage,fuzzing,stateful",
-              "--max-examples", str(args.max_examples), "--request-timeout", "10"])
+    scope = (
+        [
+            "--include-path",
+            "/api/events",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            str(args.stream_examples),
+            "--request-timeout",
+            "1",
+        ]
+        if stream
+        else [
+            "--exclude-path",
+            "/api/events",
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
+            "--max-examples",
+            str(args.max_examples),
+            "--request-timeout",
+            "10",
+        ]
+    )
     return [
-        sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json",
-        "--url", url,
-        "--checks", CHECKS,
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        f"{url}/openapi.json",
+        "--url",
+        url,
+        "--checks",
+        CHECKS,
         *scope,
-        "--workers", str(args.workers),
-        "--generation-database", "none",
+        "--workers",
+        str(args.workers),
+        "--generation-database",
+        "none",
         "--no-color",
         *(["--seed", str(args.seed)] if args.seed is not None else []),
         *extra,
@@ -126,25 +173,32 @@ def print_event_counts(url: str) -> None:
         by_type = httpx.get(f"{url}/api/events/stats", timeout=5).json()["byType"]
     except (httpx.HTTPError, ValueError, KeyError):
         return
-    counts = ", ".join(f"{name} {count}" for name, count in sorted(by_type.items())
-                       if name.startswith("session:"))
+    counts = ", ".join(
+        f"{name} {count}" for name, count in sorted(by_type.items()) if name.startswith("session:")
+    )
     print(f"fuzz: session events published: {counts or 'none'}", flush=True)
 
 
 def server_problems(log: str) -> list[str]:
     """Lines of the server log that point at a bug whatever the status code was."""
-    return [line for line in log.splitlines()
-            if "Traceback" in line or "unhandled error" in line]
+    return [line for line in log.splitlines() if "Traceback" in line or "unhandled error" in line]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     epilog="Other arguments are passed to `schemathesis run`.")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Other arguments are passed to `schemathesis run`.",
+    )
     parser.add_argument("--url", help="fuzz this running server instead of starting one")
-    parser.add_argument("--max-examples", type=int, default=25,
-                        help="cases per operation in the fuzzing phase (25)")
-    parser.add_argument("--stream-examples", type=int, default=5,
-                        help="cases for /api/events, each read for up to 1 s (5)")
+    parser.add_argument(
+        "--max-examples", type=int, default=25, help="cases per operation in the fuzzing phase (25)"
+    )
+    parser.add_argument(
+        "--stream-examples",
+        type=int,
+        default=5,
+        help="cases for /api/events, each read for up to 1 s (5)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int)
     args, extra = parser.parse_known_args(argv)
@@ -170,8 +224,10 @@ def main(argv: list[str] | None = None) -> int:
             code = subprocess.call(schemathesis_command(url, args, extra, stream=False), cwd=work)
             print_event_counts(url)
             print("fuzz: the event stream", flush=True)
-            code = subprocess.call(schemathesis_command(url, args, extra, stream=True),
-                                   cwd=work) or code
+            code = (
+                subprocess.call(schemathesis_command(url, args, extra, stream=True), cwd=work)
+                or code
+            )
         finally:
             if server is not None:
                 server.stop()

@@ -47,8 +47,10 @@ NOT_WIRE_TYPES = {"Model", "Record", "RawEvent"}
 # Closed sets of values the models keep as constants.
 ENUMS: dict[str, tuple[tuple[str, ...], str]] = {
     "SessionStatus": (models.SESSION_STATUSES, "Status of a session."),
-    "TaskStatus": (models.TASK_STATUSES,
-                   "Status of a task (synonyms in tasks.json are normalised on read)."),
+    "TaskStatus": (
+        models.TASK_STATUSES,
+        "Status of a task (synonyms in tasks.json are normalised on read).",
+    ),
     "LogLevel": (models.LOG_LEVELS, "Log level, lowest first."),
     "Provider": (models.PROVIDERS, "AI provider a session runs with."),
     "EventType": (tuple(models.EVENT_TYPES), "The 25 event types."),
@@ -64,7 +66,10 @@ def ref(name: str) -> dict[str, str]:
 FIELD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
     ("StartSessionRequest", "provider"): {**ref("Provider"), "default": "claude"},
     ("InputRequest", "input"): {
-        "type": "string", "minLength": 1, "maxLength": 65536, "pattern": "\\S",
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 65536,
+        "pattern": "\\S",
         "description": "The text to inject: not blank, at most 64 KiB (UTF-8).",
     },
     ("Session", "status"): ref("SessionStatus"),
@@ -79,9 +84,12 @@ FIELD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
 def wire_structs() -> list[type[msgspec.Struct]]:
     """Every Struct defined in `loki_api.models` that travels on the wire."""
     found = [
-        value for name, value in vars(models).items()
-        if isinstance(value, type) and issubclass(value, msgspec.Struct)
-        and value.__module__ == models.__name__ and name not in NOT_WIRE_TYPES
+        value
+        for name, value in vars(models).items()
+        if isinstance(value, type)
+        and issubclass(value, msgspec.Struct)
+        and value.__module__ == models.__name__
+        and name not in NOT_WIRE_TYPES
     ]
     return sorted(found, key=lambda struct: struct.__name__)
 
@@ -140,8 +148,10 @@ def event_schemas() -> dict[str, Any]:
 
 
 def enum_schemas() -> dict[str, Any]:
-    return {name: {"type": "string", "description": description, "enum": list(values)}
-            for name, (values, description) in ENUMS.items()}
+    return {
+        name: {"type": "string", "description": description, "enum": list(values)}
+        for name, (values, description) in ENUMS.items()
+    }
 
 
 def add_shared_responses(paths: dict[str, Any]) -> None:
@@ -198,22 +208,26 @@ _Dumper.add_representer(str, _represent_str)
 
 
 def render() -> str:
-    body = yaml.dump(build_document(), Dumper=_Dumper, sort_keys=False, allow_unicode=True,
-                     width=100)
+    body = yaml.dump(
+        build_document(), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100
+    )
     return HEADER + body
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 if openapi/openapi.yaml is not up to date")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if openapi/openapi.yaml is not up to date"
+    )
     args = parser.parse_args(argv)
     text = render()
     if args.check:
         current = TARGET.read_text() if TARGET.exists() else ""
         if current != text:
-            print(f"{TARGET.relative_to(ROOT)} is stale: run python scripts/gen_openapi.py",
-                  file=sys.stderr)
+            print(
+                f"{TARGET.relative_to(ROOT)} is stale: run python scripts/gen_openapi.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     TARGET.write_text(text)

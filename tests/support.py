@@ -32,8 +32,14 @@ class ServerProcess:
     Waits until the banner names the URL and `/health/live` answers.
     """
 
-    def __init__(self, loki_dir: Path, *args: str, env: dict[str, str] | None = None,
-                 startup_timeout: float = 20.0, verify: bool = True) -> None:
+    def __init__(
+        self,
+        loki_dir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        startup_timeout: float = 20.0,
+        verify: bool = True,
+    ) -> None:
         self.loki_dir = loki_dir
         self.verify = verify  # False for a self-signed test certificate
         self.args = args
@@ -48,9 +54,21 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loki_api", "serve", "--port", "0",
-             "--loki-dir", str(self.loki_dir), *self.args],
-            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "loki_api",
+                "serve",
+                "--port",
+                "0",
+                "--loki-dir",
+                str(self.loki_dir),
+                *self.args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
         )
         deadline = time.monotonic() + self.startup_timeout
         while not self.url:
@@ -148,8 +166,9 @@ class SSEReader:
                     self.retry = int(value)
             raise EOFError("stream ended")
 
-    async def until(self, predicate: Callable[[SSEMessage], bool],
-                    timeout: float = 10.0) -> list[SSEMessage]:
+    async def until(
+        self, predicate: Callable[[SSEMessage], bool], timeout: float = 10.0
+    ) -> list[SSEMessage]:
         """Read messages until one matches; returns all read, the match last."""
         seen: list[SSEMessage] = []
         with anyio.fail_after(timeout):
@@ -161,17 +180,22 @@ class SSEReader:
 
 
 @asynccontextmanager
-async def sse_stream(url: str, path: str = "/api/events", *,
-                     headers: dict[str, str] | None = None,
-                     params: dict[str, Any] | None = None) -> AsyncIterator[SSEReader]:
+async def sse_stream(
+    url: str,
+    path: str = "/api/events",
+    *,
+    headers: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
+) -> AsyncIterator[SSEReader]:
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30.0)) as client:
         async with client.stream("GET", path, headers=headers, params=params) as response:
             assert response.status_code == 200, await response.aread()
             yield SSEReader(response)
 
 
-async def wait_for(condition: Callable[[], Any], timeout: float = 10.0,
-                   interval: float = 0.01) -> Any:
+async def wait_for(
+    condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01
+) -> Any:
     """Poll `condition` until it returns something truthy; fail after `timeout`."""
     with anyio.fail_after(timeout):
         while True:
@@ -208,8 +232,7 @@ async def serve_in_process(settings: Any) -> AsyncIterator[InProcessServer]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", settings.port))
-    config = uvicorn.Config(app, log_level="warning", lifespan="on",
-                            timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
     server = LokiServer(config, runtime)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     async with anyio.create_task_group() as tg:

@@ -20,8 +20,9 @@ from loki_api.state.announcements import Announcements
 from .test_store import Recorder, write
 
 
-def task(event_type: str, task_id: str = "t1", status: str = "running",
-         progress: float | None = None) -> tuple[str, TaskEventData]:
+def task(
+    event_type: str, task_id: str = "t1", status: str = "running", progress: float | None = None
+) -> tuple[str, TaskEventData]:
     return event_type, TaskEventData(task_id=task_id, title="T", status=status, progress=progress)
 
 
@@ -76,8 +77,7 @@ def test_output_then_file_publishes_once(tmp_path: Path) -> None:
     assert events.types() == ["phase:started", "task:completed", "agent:spawned"]
     write(state.dir / "phase.json", {"current": "development"})
     store.apply_file(state.dir / "phase.json")
-    write(state.dir / "tasks.json", {"tasks": [{"id": "t1", "title": "T",
-                                                "status": "completed"}]})
+    write(state.dir / "tasks.json", {"tasks": [{"id": "t1", "title": "T", "status": "completed"}]})
     store.apply_file(state.dir / "tasks.json")
     write(state.dir / "agents.json", {"active": [{"id": "a1", "type": "dev"}]})
     store.apply_file(state.dir / "agents.json")
@@ -130,6 +130,9 @@ def test_a_phase_line_completes_the_previous_phase_first(tmp_path: Path) -> None
     store.apply_file(state.dir / "phase.json")
     taken = events.take()
     assert [(t, d.get("phase")) for t, d in taken] == [
-        ("session:started", None), ("phase:started", "planning"),
-        ("phase:completed", "planning"), ("phase:started", "development")]
+        ("session:started", None),
+        ("phase:started", "planning"),
+        ("phase:completed", "planning"),
+        ("phase:started", "development"),
+    ]
     assert taken[-1][1]["previousPhase"] == "planning"

@@ -30,8 +30,7 @@ async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
     # ASGITransport does not run the lifespan: run the runtime (watcher included) around it.
     async with runtime.run():
-        async with httpx.AsyncClient(transport=transport,
-                                     base_url="http://127.0.0.1:8420") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8420") as c:
             yield c
 
 
@@ -48,7 +47,12 @@ async def test_health_live_ready(client: httpx.AsyncClient) -> None:
     health = msgspec.json.decode((await client.get("/health")).content, type=Health)
     assert health.status in ("healthy", "degraded")
     assert set(msgspec.structs.asdict(health.providers)) == {
-        "claude", "codex", "gemini", "cline", "aider"}
+        "claude",
+        "codex",
+        "gemini",
+        "cline",
+        "aider",
+    }
     live = (await client.get("/health/live")).json()
     assert live["alive"] is True and live["uptime"] >= 0
     response = await client.get("/health/ready")
@@ -80,35 +84,54 @@ async def test_status(client: httpx.AsyncClient, runtime: Runtime) -> None:
 @pytest.mark.anyio
 async def test_event_history_and_stats(client: httpx.AsyncClient, runtime: Runtime) -> None:
     for n in range(150):
-        runtime.bus.publish("log:warn" if n % 2 else "log:info",
-                            LogEventData(level="info", message=str(n)), "s1" if n < 100 else "s2")
+        runtime.bus.publish(
+            "log:warn" if n % 2 else "log:info",
+            LogEventData(level="info", message=str(n)),
+            "s1" if n < 100 else "s2",
+        )
     body = (await client.get("/api/events/history")).json()
     assert body["count"] == 100 and len(body["events"]) == 100
     assert body["events"][-1]["data"]["message"] == "149"
-    body = (await client.get("/api/events/history",
-                             params={"sessionId": "s2", "minLevel": "warn", "limit": 5})).json()
+    body = (
+        await client.get(
+            "/api/events/history", params={"sessionId": "s2", "minLevel": "warn", "limit": 5}
+        )
+    ).json()
     assert [e["data"]["message"] for e in body["events"]] == ["141", "143", "145", "147", "149"]
     after = body["events"][2]["id"]
     body = (await client.get("/api/events/history", params={"after": after})).json()
     assert [e["data"]["message"] for e in body["events"]] == [str(n) for n in range(146, 150)]
     stats = (await client.get("/api/events/stats")).json()
     assert stats["published"] == 150 and stats["byType"] == {"log:info": 75, "log:warn": 75}
-    assert set(stats) == {"subscribers", "historySize", "published", "delivered", "dropped",
-                          "byType"}
+    assert set(stats) == {
+        "subscribers",
+        "historySize",
+        "published",
+        "delivered",
+        "dropped",
+        "byType",
+    }
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("query", [
-    {"types": "task:nope"}, {"minLevel": "loud"}, {"limit": "-1"}, {"limit": "abc"},
-    {"after": "not-an-id"},
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"types": "task:nope"},
+        {"minLevel": "loud"},
+        {"limit": "-1"},
+        {"limit": "abc"},
+        {"after": "not-an-id"},
+    ],
+)
 async def test_history_rejects_bad_parameters(client: httpx.AsyncClient, query: dict) -> None:
     assert_error(await client.get("/api/events/history", params=query), 400, "BAD_REQUEST")
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("query", [{"types": "task:nope"}, {"minLevel": "x"}, {"history": "-3"},
-                                   {"lastEventId": "abc"}])
+@pytest.mark.parametrize(
+    "query", [{"types": "task:nope"}, {"minLevel": "x"}, {"history": "-3"}, {"lastEventId": "abc"}]
+)
 async def test_stream_rejects_bad_parameters(client: httpx.AsyncClient, query: dict) -> None:
     assert_error(await client.get("/api/events", params=query), 400, "BAD_REQUEST")
 
@@ -135,10 +158,10 @@ async def echo(request: Request) -> Response:
 
 @pytest.fixture
 async def echo_client() -> AsyncIterator[httpx.AsyncClient]:
-    app = Starlette(routes=[Route("/echo", echo, methods=["POST"])],
-                    exception_handlers={ApiError: _api_error})
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://t") as c:
+    app = Starlette(
+        routes=[Route("/echo", echo, methods=["POST"])], exception_handlers={ApiError: _api_error}
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         yield c
 
 
@@ -146,23 +169,43 @@ async def echo_client() -> AsyncIterator[httpx.AsyncClient]:
 async def test_read_json_and_query_helpers(echo_client: httpx.AsyncClient) -> None:
     ok = await echo_client.post("/echo?limit=5000&mode=a", json={"name": "x"})
     assert ok.json() == {"name": "x", "count": 0, "limit": 100, "mode": "a"}
-    assert_error(await echo_client.post("/echo", content=b"{bad", headers={
-        "content-type": "application/json"}), 400, "BAD_REQUEST")
-    assert_error(await echo_client.post("/echo", content=b"[1]", headers={
-        "content-type": "application/json"}), 400, "BAD_REQUEST")
-    assert_error(await echo_client.post("/echo", content=b"name=x", headers={
-        "content-type": "application/x-www-form-urlencoded"}), 415, "UNSUPPORTED_MEDIA_TYPE")
-    assert_error(await echo_client.post("/echo", json={"name": "x", "extra": 1}), 422,
-                 "VALIDATION_ERROR")
-    assert_error(await echo_client.post("/echo", json={"count": "three"}), 422,
-                 "VALIDATION_ERROR")
+    assert_error(
+        await echo_client.post(
+            "/echo", content=b"{bad", headers={"content-type": "application/json"}
+        ),
+        400,
+        "BAD_REQUEST",
+    )
+    assert_error(
+        await echo_client.post(
+            "/echo", content=b"[1]", headers={"content-type": "application/json"}
+        ),
+        400,
+        "BAD_REQUEST",
+    )
+    assert_error(
+        await echo_client.post(
+            "/echo",
+            content=b"name=x",
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        ),
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+    )
+    assert_error(
+        await echo_client.post("/echo", json={"name": "x", "extra": 1}), 422, "VALIDATION_ERROR"
+    )
+    assert_error(await echo_client.post("/echo", json={"count": "three"}), 422, "VALIDATION_ERROR")
     big = b'{"name": "' + b"x" * (1024 * 1024) + b'"}'
-    assert_error(await echo_client.post("/echo", content=big, headers={
-        "content-type": "application/json"}), 413, "PAYLOAD_TOO_LARGE")
-    assert_error(await echo_client.post("/echo?mode=c", json={"name": "x"}), 422,
-                 "VALIDATION_ERROR")
-    assert_error(await echo_client.post("/echo?limit=1.5", json={"name": "x"}), 400,
-                 "BAD_REQUEST")
+    assert_error(
+        await echo_client.post("/echo", content=big, headers={"content-type": "application/json"}),
+        413,
+        "PAYLOAD_TOO_LARGE",
+    )
+    assert_error(
+        await echo_client.post("/echo?mode=c", json={"name": "x"}), 422, "VALIDATION_ERROR"
+    )
+    assert_error(await echo_client.post("/echo?limit=1.5", json={"name": "x"}), 400, "BAD_REQUEST")
 
 
 @pytest.mark.anyio

@@ -29,12 +29,16 @@ def test_envelope_is_encoded_once_into_json_and_frame() -> None:
     stored = bus.history()[-1]
     envelope = msgspec.json.decode(stored.json)
     assert envelope == {
-        "id": event.id, "type": "task:completed", "timestamp": event.timestamp,
-        "sessionId": "s1", "data": {"taskId": "t1", "title": "T", "status": "completed"},
+        "id": event.id,
+        "type": "task:completed",
+        "timestamp": event.timestamp,
+        "sessionId": "s1",
+        "data": {"taskId": "t1", "title": "T", "status": "completed"},
     }
     assert event.timestamp.endswith("Z")
-    assert stored.frame == (b"id: " + event.id.encode() + b"\nevent: task:completed\ndata: "
-                            + stored.json + b"\n\n")
+    assert stored.frame == (
+        b"id: " + event.id.encode() + b"\nevent: task:completed\ndata: " + stored.json + b"\n\n"
+    )
 
 
 def test_ring_buffer_keeps_the_last_n() -> None:
@@ -184,8 +188,9 @@ async def test_live_streams_of_a_group_share_one_batch_and_waiting_ones_get_thei
 
 
 @pytest.mark.anyio
-async def test_a_stream_that_falls_behind_and_catches_up_misses_nothing_and_repeats_nothing(
-) -> None:
+async def test_a_stream_that_falls_behind_and_catches_up_misses_nothing_and_repeats_nothing() -> (
+    None
+):
     rng = random.Random(7)
     bus = EventBus(max_pending=100_000)
     bus.bind_loop()
@@ -215,8 +220,7 @@ async def test_a_stream_that_falls_behind_and_catches_up_misses_nothing_and_repe
 
 
 @pytest.mark.anyio
-async def test_a_live_stream_closed_in_the_publishing_turn_still_gets_that_turns_frames(
-) -> None:
+async def test_a_live_stream_closed_in_the_publishing_turn_still_gets_that_turns_frames() -> None:
     bus = EventBus()
     bus.bind_loop()
     sub = bus.subscribe()[0]

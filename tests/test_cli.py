@@ -16,8 +16,13 @@ from .support import ServerProcess
 
 
 def run_loki(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "loki_api", *args], capture_output=True,
-                          text=True, timeout=30, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "loki_api", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def settings(argv: list[str], env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -27,19 +32,38 @@ def settings(argv: list[str], env: dict[str, str] | None = None):  # type: ignor
 def test_defaults(tmp_path: Path) -> None:
     s = settings(["--loki-dir", str(tmp_path)])
     assert (s.port, s.host, s.max_sessions, s.history, s.stop_grace) == (
-        8420, "127.0.0.1", 1, 1000, 10.0)
+        8420,
+        "127.0.0.1",
+        1,
+        1000,
+        10.0,
+    )
     assert s.auth and s.cors and not s.simulate and s.token is None and s.rate_limit == 0
     assert s.state_dir == tmp_path.resolve() / ".loki"
 
 
 def test_environment_is_read_and_flags_win() -> None:
-    env = {"LOKI_API_PORT": "9001", "LOKI_API_HOST": "0.0.0.0", "LOKI_MAX_SESSIONS": "3",
-           "LOKI_API_TOKEN": "a" * 32, "LOKI_EVENT_HISTORY": "50", "LOKI_STOP_GRACE": "2.5",
-           "LOKI_RATE_LIMIT": "60", "LOKI_API_CORS": "https://a.example, https://b.example",
-           "LOKI_CLI": "my-loki --flag", "LOKI_DEBUG": "1"}
+    env = {
+        "LOKI_API_PORT": "9001",
+        "LOKI_API_HOST": "0.0.0.0",
+        "LOKI_MAX_SESSIONS": "3",
+        "LOKI_API_TOKEN": "a" * 32,
+        "LOKI_EVENT_HISTORY": "50",
+        "LOKI_STOP_GRACE": "2.5",
+        "LOKI_RATE_LIMIT": "60",
+        "LOKI_API_CORS": "https://a.example, https://b.example",
+        "LOKI_CLI": "my-loki --flag",
+        "LOKI_DEBUG": "1",
+    }
     s = settings([], env)
     assert (s.port, s.host, s.max_sessions, s.history, s.stop_grace, s.rate_limit) == (
-        9001, "0.0.0.0", 3, 50, 2.5, 60)
+        9001,
+        "0.0.0.0",
+        3,
+        50,
+        2.5,
+        60,
+    )
     assert s.cors_origins == ("https://a.example", "https://b.example")
     assert s.cli == "my-loki --flag" and s.log_level == "debug" and s.token == "a" * 32
     s = settings(["-p", "9002", "--max-sessions", "2", "--log-level", "warning"], env)
@@ -51,25 +75,31 @@ def test_dashboard_port_is_the_fallback() -> None:
     assert settings([], {"LOKI_DASHBOARD_PORT": "7000", "LOKI_API_PORT": "7001"}).port == 7001
 
 
-@pytest.mark.parametrize(("argv", "env"), [
-    (["--port", "70000"], {}),
-    ([], {"LOKI_API_PORT": "eighty"}),
-    (["--max-sessions", "0"], {}),
-    (["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"], {}),
-    (["--tls-cert", "/etc/hostname"], {}),
-    (["--token", "short"], {}),
-])
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["--port", "70000"], {}),
+        ([], {"LOKI_API_PORT": "eighty"}),
+        (["--max-sessions", "0"], {}),
+        (["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"], {}),
+        (["--tls-cert", "/etc/hostname"], {}),
+        (["--token", "short"], {}),
+    ],
+)
 def test_bad_settings_are_refused(argv: list[str], env: dict[str, str]) -> None:
     with pytest.raises(SettingsError):
         settings(argv, env)
 
 
-@pytest.mark.parametrize("args", [
-    ["serve", "--port", "abc"],
-    ["serve", "--bogus"],
-    ["serve", "--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"],
-    ["serve", "--loki-dir", "/proc/forbidden"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["serve", "--port", "abc"],
+        ["serve", "--bogus"],
+        ["serve", "--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"],
+        ["serve", "--loki-dir", "/proc/forbidden"],
+    ],
+)
 def test_refusal_is_one_line_and_exit_code_2(args: list[str]) -> None:
     result = run_loki(*args)
     assert result.returncode == 2, result
@@ -112,18 +142,36 @@ def test_serves_https_with_a_certificate(loki_dir: Path, tmp_path: Path) -> None
     import urllib.request
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
-    proc = ServerProcess(loki_dir, "--tls-cert", str(cert), "--tls-key", str(key),
-                         verify=False)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    proc = ServerProcess(loki_dir, "--tls-cert", str(cert), "--tls-key", str(key), verify=False)
     try:
         proc.start()
         assert proc.url.startswith("https://")
         context = ssl.create_default_context(cafile=str(cert))
         context.check_hostname = False
-        with urllib.request.urlopen(f"{proc.url}/health/live", context=context,
-                                    timeout=10) as answer:
+        with urllib.request.urlopen(
+            f"{proc.url}/health/live", context=context, timeout=10
+        ) as answer:
             assert answer.status == 200
     finally:
         proc.stop()

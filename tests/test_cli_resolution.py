@@ -30,8 +30,9 @@ def test_simulate_wins(tmp_path: Path) -> None:
 
 
 def test_cli_flag_then_env_split_like_a_shell(tmp_path: Path) -> None:
-    cli = resolve_cli(Settings(loki_dir=tmp_path, cli="'/opt/my loki' --x"),
-                      env={"LOKI_CLI": "ignored"}, path="")
+    cli = resolve_cli(
+        Settings(loki_dir=tmp_path, cli="'/opt/my loki' --x"), env={"LOKI_CLI": "ignored"}, path=""
+    )
     assert cli.argv == ("/opt/my loki", "--x") and cli.source == "--cli"
     cli = resolve_cli(Settings(loki_dir=tmp_path), env={"LOKI_CLI": "bash run.sh"}, path="")
     assert cli.argv == ("bash", "run.sh") and cli.source == "LOKI_CLI"
@@ -43,8 +44,9 @@ def test_bad_command_line_is_a_problem_not_a_crash(tmp_path: Path) -> None:
 
 
 def test_foreign_loki_on_path_is_used_but_our_own_script_is_skipped(tmp_path: Path) -> None:
-    ours = make_exe(tmp_path / "venv" / "loki",
-                    "#!/usr/bin/python\nfrom loki_api.cli import main\nmain()\n")
+    ours = make_exe(
+        tmp_path / "venv" / "loki", "#!/usr/bin/python\nfrom loki_api.cli import main\nmain()\n"
+    )
     theirs = make_exe(tmp_path / "bin" / "loki", "#!/bin/bash\necho real loki\n")
     assert is_own_entry_point(ours, own_dirs=[])
     assert not is_own_entry_point(theirs, own_dirs=[])
@@ -75,5 +77,12 @@ def test_nothing_found_names_simulate_and_loki_cli(tmp_path: Path) -> None:
 def test_session_argv(tmp_path: Path) -> None:
     cli = resolve_cli(Settings(loki_dir=tmp_path, cli="loki"), env={}, path="")
     assert cli.session_argv("codex", "./prd.md", dry_run=True, verbose=True) == [
-        "loki", "start", "--provider", "codex", "--dry-run", "--verbose", "./prd.md"]
+        "loki",
+        "start",
+        "--provider",
+        "codex",
+        "--dry-run",
+        "--verbose",
+        "./prd.md",
+    ]
     assert cli.session_argv() == ["loki", "start"]

@@ -109,8 +109,9 @@ def session_client(client: LokiClient) -> LokiClient:
 @pytest.fixture
 def slow_server(loki_dir: Path) -> Iterator[ServerProcess]:
     """A simulated server whose sessions take long enough to pause, resume and stop."""
-    with ServerProcess(loki_dir, "--simulate", "--stop-grace", "2",
-                       env={"LOKI_SIM_DELAY": "0.5"}) as proc:
+    with ServerProcess(
+        loki_dir, "--simulate", "--stop-grace", "2", env={"LOKI_SIM_DELAY": "0.5"}
+    ) as proc:
         if sessions_missing(proc.url):
             pytest.skip("session routes are not in the server yet (GET /api/sessions is 404)")
         yield proc
@@ -120,8 +121,7 @@ def slow_server(loki_dir: Path) -> Iterator[ServerProcess]:
 
 
 class _CutStream(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, limit: int,
-                 on_cut: Callable[[], None]) -> None:
+    def __init__(self, inner: httpx.SyncByteStream, limit: int, on_cut: Callable[[], None]) -> None:
         self.inner, self.limit, self.on_cut = inner, limit, on_cut
 
     def __iter__(self) -> Iterator[bytes]:
@@ -140,8 +140,9 @@ class _CutStream(httpx.SyncByteStream):
 
 
 class _AsyncCutStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, limit: int,
-                 on_cut: Callable[[], None]) -> None:
+    def __init__(
+        self, inner: httpx.AsyncByteStream, limit: int, on_cut: Callable[[], None]
+    ) -> None:
         self.inner, self.limit, self.on_cut = inner, limit, on_cut
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -225,8 +226,9 @@ def test_event_history_and_stats(client: LokiClient) -> None:
     assert stats.subscribers == 0
 
 
-def test_token_and_url_from_environment(server: ServerProcess,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_and_url_from_environment(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LOKI_API_URL", server.url + "/")
     monkeypatch.setenv("LOKI_API_TOKEN", "t" * 32)
     with LokiClient() as client:
@@ -373,8 +375,11 @@ def test_pause_resume_input_stop(slow_server: ServerProcess) -> None:
         with pytest.raises(Conflict):
             client.delete_session(sid)  # still running
         assert client.stop_session(sid).status == "stopping"
-        anyio.run(wait_for, lambda: client.get_session(sid).session.status
-                  in ("stopped", "completed", "failed"), 15.0)
+        anyio.run(
+            wait_for,
+            lambda: client.get_session(sid).session.status in ("stopped", "completed", "failed"),
+            15.0,
+        )
 
 
 # ===================================================== errors: translated answers
@@ -402,8 +407,9 @@ def test_pause_resume_input_stop(slow_server: ServerProcess) -> None:
         (503, "PROVIDER_NOT_AVAILABLE", loki_client.ProviderNotAvailable),
     ],
 )
-def test_every_error_code_maps_to_its_class(status: int, code: str,
-                                            expected: type[LokiApiError]) -> None:
+def test_every_error_code_maps_to_its_class(
+    status: int, code: str, expected: type[LokiApiError]
+) -> None:
     body = {"error": f"went wrong: {code}", "code": code, "details": {"sessionId": "s1"}}
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -427,8 +433,9 @@ def test_unauthorized_and_bearer_token() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers.get("authorization"))
         if request.headers.get("authorization") != "Bearer " + "s" * 32:
-            return httpx.Response(401, json={"error": "Remote access not configured",
-                                             "code": "UNAUTHORIZED"})
+            return httpx.Response(
+                401, json={"error": "Remote access not configured", "code": "UNAUTHORIZED"}
+            )
         return httpx.Response(200, json={"sessions": [], "total": 0, "running": 0})
 
     transport = httpx.MockTransport(handler)
@@ -443,7 +450,8 @@ def test_unauthorized_and_bearer_token() -> None:
 
 def test_non_json_error_answer_is_classified_by_status() -> None:
     transport = httpx.MockTransport(
-        lambda request: httpx.Response(502, text="<html>Bad Gateway</html>"))
+        lambda request: httpx.Response(502, text="<html>Bad Gateway</html>")
+    )
     with LokiClient("http://loki.test", transport=transport) as client:
         with pytest.raises(loki_client.ServerError) as caught:
             client.status()
@@ -458,8 +466,13 @@ def test_unexpected_answer_is_a_decode_error() -> None:
 
 
 def test_unhealthy_health_is_a_result_not_an_error() -> None:
-    body = {"status": "unhealthy", "version": "0.1.0", "uptime": 1.0, "providers": {},
-            "activeSession": None}
+    body = {
+        "status": "unhealthy",
+        "version": "0.1.0",
+        "uptime": 1.0,
+        "providers": {},
+        "activeSession": None,
+    }
     transport = httpx.MockTransport(lambda request: httpx.Response(503, json=body))
     with LokiClient("http://loki.test", transport=transport) as client:
         assert client.health().status == "unhealthy"
@@ -470,8 +483,7 @@ def test_requests_are_built_as_the_spec_says() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         requests.append(request)
-        return httpx.Response(200, json={"sessionId": "a/b", "status": "running",
-                                         "message": "ok"})
+        return httpx.Response(200, json={"sessionId": "a/b", "status": "running", "message": "ok"})
 
     with LokiClient("http://loki.test/", transport=httpx.MockTransport(handler)) as client:
         client.start_session("prd.md", provider="codex", dry_run=True, timeout=5)
@@ -479,8 +491,11 @@ def test_requests_are_built_as_the_spec_says() -> None:
         client.stop_session("a/b")
     start, inject, stop = requests
     assert (start.method, start.url.path) == ("POST", "/api/sessions")
-    assert json.loads(start.content) == {"provider": "codex", "prdPath": "prd.md",
-                                         "options": {"dryRun": True, "timeout": 5}}
+    assert json.loads(start.content) == {
+        "provider": "codex",
+        "prdPath": "prd.md",
+        "options": {"dryRun": True, "timeout": 5},
+    }
     assert inject.url.raw_path == b"/api/sessions/a%2Fb/input"
     assert json.loads(inject.content) == {"input": "hello", "context": "ctx"}
     assert stop.url.raw_path == b"/api/sessions/a%2Fb/stop"
@@ -489,11 +504,13 @@ def test_requests_are_built_as_the_spec_says() -> None:
 @pytest.mark.anyio
 async def test_async_errors_are_the_same_classes() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(404, json={"error": "Session not found: x",
-                                         "code": "SESSION_NOT_FOUND"})
+        return httpx.Response(
+            404, json={"error": "Session not found: x", "code": "SESSION_NOT_FOUND"}
+        )
 
-    async with AsyncLokiClient("http://loki.test",
-                               transport=httpx.MockTransport(handler)) as client:
+    async with AsyncLokiClient(
+        "http://loki.test", transport=httpx.MockTransport(handler)
+    ) as client:
         with pytest.raises(SessionNotFound):
             await client.get_session("x")
 
@@ -506,14 +523,16 @@ async def test_async_stream_yields_typed_events_with_filters(live: InProcessServ
     bus = live.runtime.bus
     bus.publish("log:info", log("old"), "s1")
     async with AsyncLokiClient(live.url) as client:
-        async with client.events(session_id="s1", types=["log:info", "task:created"],
-                                 history=5) as stream:
+        async with client.events(
+            session_id="s1", types=["log:info", "task:created"], history=5
+        ) as stream:
             first = await anext(stream)
             assert first.data == log("old")
             bus.publish("log:info", log("other session"), "s2")
             bus.publish("log:warn", log("wrong type", "warn"), "s1")
-            bus.publish("task:created", TaskEventData(task_id="t", title="T", status="pending"),
-                        "s1")
+            bus.publish(
+                "task:created", TaskEventData(task_id="t", title="T", status="pending"), "s1"
+            )
             second = await anext(stream)
     assert second.type == "task:created"
     assert isinstance(second.data, TaskEventData) and second.data.title == "T"
@@ -554,7 +573,8 @@ async def test_async_stream_survives_forced_disconnects(live: InProcessServer) -
     assert first.headers["last-event-id"] == "evt_1_0"  # just before "before 1"
     resumed_from = [request.headers["last-event-id"] for request in later]
     assert resumed_from[0] in ids(received) and resumed_from == sorted(
-        resumed_from, key=lambda i: int(i.split("_")[1]))
+        resumed_from, key=lambda i: int(i.split("_")[1])
+    )
     assert all("history" not in request.url.params for request in transport.stream_requests)
 
 
@@ -672,8 +692,7 @@ def test_stream_resumes_across_a_real_server_restart(loki_dir: Path) -> None:
             if event.type == "session:completed" and event.session_id == session_id:
                 return
 
-    with LokiClient(f"http://127.0.0.1:{port}") as client, \
-            ServerProcess(loki_dir, *args) as first:
+    with LokiClient(f"http://127.0.0.1:{port}") as client, ServerProcess(loki_dir, *args) as first:
         if sessions_missing(first.url):
             pytest.skip("session routes are not in the server yet (GET /api/sessions is 404)")
         with client.events(reconnect_delay=0.1) as stream:

@@ -30,8 +30,13 @@ from loki_client._stream import MAX_BACKOFF, _Resume
 
 def frame(seq: int, message: str = "", type: str = "log:info") -> bytes:
     event_id = f"evt_{seq}_1732341234567"
-    envelope = {"id": event_id, "type": type, "timestamp": "2026-11-23T05:00:00.000Z",
-                "sessionId": None, "data": {"level": "info", "message": message or str(seq)}}
+    envelope = {
+        "id": event_id,
+        "type": type,
+        "timestamp": "2026-11-23T05:00:00.000Z",
+        "sessionId": None,
+        "data": {"level": "info", "message": message or str(seq)},
+    }
     return f"id: {event_id}\nevent: {type}\ndata: {json.dumps(envelope)}\n\n".encode()
 
 
@@ -39,15 +44,23 @@ PREAMBLE = b": connected to loki-api\nretry: 3000\n\n"
 Script = list[Callable[[httpx.Request], httpx.Response]]
 
 
-def scripted(history: list[int], connections: Script,
-             seen: list[httpx.Request]) -> httpx.MockTransport:
+def scripted(
+    history: list[int], connections: Script, seen: list[httpx.Request]
+) -> httpx.MockTransport:
     """`/api/events/history` answers with `history` seqs; each `/api/events` takes the next
     scripted answer. Every stream request is recorded in `seen`."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/api/events/history":
-            events = [{"id": f"evt_{seq}_1", "type": "log:info", "timestamp": "t",
-                       "data": {"level": "info", "message": "old"}} for seq in history]
+            events = [
+                {
+                    "id": f"evt_{seq}_1",
+                    "type": "log:info",
+                    "timestamp": "t",
+                    "data": {"level": "info", "message": "old"},
+                }
+                for seq in history
+            ]
             return httpx.Response(200, json={"events": events, "count": len(events)})
         seen.append(request)
         if not connections:
@@ -58,8 +71,9 @@ def scripted(history: list[int], connections: Script,
 
 
 def stream_of(*frames: bytes) -> Callable[[httpx.Request], httpx.Response]:
-    return lambda request: httpx.Response(200, content=PREAMBLE + b"".join(frames),
-                                          headers={"content-type": "text/event-stream"})
+    return lambda request: httpx.Response(
+        200, content=PREAMBLE + b"".join(frames), headers={"content-type": "text/event-stream"}
+    )
 
 
 def answer(status: int, code: str) -> Callable[[httpx.Request], httpx.Response]:
@@ -68,18 +82,25 @@ def answer(status: int, code: str) -> Callable[[httpx.Request], httpx.Response]:
 
 def test_resumes_with_last_event_id_and_drops_duplicates() -> None:
     seen: list[httpx.Request] = []
-    transport = scripted([7], [
-        stream_of(frame(8), frame(9)),  # ends cleanly (e.g. server shutdown)
-        answer(503, "SERVICE_UNAVAILABLE"),  # still restarting
-        stream_of(frame(9), frame(10)),  # a misbehaving replay of 9: dropped
-    ], seen)
+    transport = scripted(
+        [7],
+        [
+            stream_of(frame(8), frame(9)),  # ends cleanly (e.g. server shutdown)
+            answer(503, "SERVICE_UNAVAILABLE"),  # still restarting
+            stream_of(frame(9), frame(10)),  # a misbehaving replay of 9: dropped
+        ],
+        seen,
+    )
     with LokiClient("http://loki.test", transport=transport) as client:
         with client.events(types=["log:info"], reconnect_delay=0) as stream:
             got = [next(stream) for _ in range(3)]
     assert [seq_of(e.id) for e in got] == [8, 9, 10]
     assert isinstance(got[0].data, LogEventData)
     assert [r.headers.get("last-event-id") for r in seen] == [
-        "evt_7_1", "evt_9_1732341234567", "evt_9_1732341234567"]
+        "evt_7_1",
+        "evt_9_1732341234567",
+        "evt_9_1732341234567",
+    ]
     assert all(r.url.params["types"] == "log:info" for r in seen)
     assert all("history" not in r.url.params for r in seen)
     assert stream.connections == 2
@@ -113,9 +134,10 @@ def test_client_errors_on_reconnect_are_raised_not_retried() -> None:
 
 
 def test_first_connection_failures_are_raised() -> None:
-    for failure, expected in ((answer(503, "SERVICE_UNAVAILABLE"), ServiceUnavailable),
-                              (lambda r: (_ for _ in ()).throw(httpx.ConnectError("refused")),
-                               LokiConnectionError)):
+    for failure, expected in (
+        (answer(503, "SERVICE_UNAVAILABLE"), ServiceUnavailable),
+        (lambda r: (_ for _ in ()).throw(httpx.ConnectError("refused")), LokiConnectionError),
+    ):
         transport = scripted([], [failure], [])
         with LokiClient("http://loki.test", transport=transport) as client:
             with pytest.raises(expected):
@@ -144,17 +166,24 @@ def test_undecodable_event_is_a_decode_error() -> None:
 @pytest.mark.anyio
 async def test_async_stream_makes_the_same_decisions() -> None:
     seen: list[httpx.Request] = []
-    transport = scripted([3], [
-        stream_of(frame(4)),
-        answer(502, "BAD_GATEWAY"),
-        stream_of(frame(4), frame(5)),
-    ], seen)
+    transport = scripted(
+        [3],
+        [
+            stream_of(frame(4)),
+            answer(502, "BAD_GATEWAY"),
+            stream_of(frame(4), frame(5)),
+        ],
+        seen,
+    )
     async with AsyncLokiClient("http://loki.test", transport=transport) as client:
         async with client.events(reconnect_delay=0) as stream:
             got = [await anext(stream), await anext(stream)]
     assert [seq_of(e.id) for e in got] == [4, 5]
     assert [r.headers["last-event-id"] for r in seen] == [
-        "evt_3_1", "evt_4_1732341234567", "evt_4_1732341234567"]
+        "evt_3_1",
+        "evt_4_1732341234567",
+        "evt_4_1732341234567",
+    ]
 
 
 def test_delay_follows_the_servers_retry_then_backs_off() -> None:

@@ -41,15 +41,19 @@ def task(task_id: str, status: str = "pending", **fields: Any) -> Task:
 
 def test_session_appears() -> None:
     assert plain(session_changes(None, session("running"), None)) == [
-        ("session:started", {"status": "running"})]
+        ("session:started", {"status": "running"})
+    ]
 
 
 def test_session_appears_in_a_later_state() -> None:
     assert kinds(session_changes(None, session("paused"), None)) == [
-        "session:started", "session:paused"]
+        "session:started",
+        "session:paused",
+    ]
     assert plain(session_changes(None, session("failed", exit_code=2), None)) == [
         ("session:started", {"status": "failed", "exitCode": 2}),
-        ("session:failed", {"status": "failed", "exitCode": 2})]
+        ("session:failed", {"status": "failed", "exitCode": 2}),
+    ]
 
 
 def test_status_transitions() -> None:
@@ -81,14 +85,15 @@ def test_unchanged_session_says_nothing() -> None:
 
 
 def test_exit_code_travels_with_the_event() -> None:
-    assert plain(session_changes(session("running"), session("completed", exit_code=0),
-                                 None)) == [("session:completed",
-                                             {"status": "completed", "exitCode": 0})]
+    assert plain(session_changes(session("running"), session("completed", exit_code=0), None)) == [
+        ("session:completed", {"status": "completed", "exitCode": 0})
+    ]
 
 
 def test_session_file_removed() -> None:
     assert plain(session_changes(session("running"), None, "session:started")) == [
-        ("session:stopped", {"status": "stopped", "message": "session record removed"})]
+        ("session:stopped", {"status": "stopped", "message": "session record removed"})
+    ]
     for status in ("completed", "failed", "stopped"):
         assert session_changes(session(status), None, None) == []
     assert session_changes(session("stopping"), None, "session:stopped") == []
@@ -104,8 +109,10 @@ def test_session_event_for_and_initial_event() -> None:
 
 
 def test_last_session_event_ignores_other_domains() -> None:
-    changes: list[Change] = [("session:paused", SessionEventData(status="paused")),
-                             ("phase:started", PhaseEventData(phase="x"))]
+    changes: list[Change] = [
+        ("session:paused", SessionEventData(status="paused")),
+        ("phase:started", PhaseEventData(phase="x")),
+    ]
     assert last_session_event(changes, None) == "session:paused"
     assert last_session_event([], "session:started") == "session:started"
 
@@ -115,13 +122,15 @@ def test_last_session_event_ignores_other_domains() -> None:
 
 def test_first_phase() -> None:
     assert plain(phase_changes(None, "planning", progress=0.1)) == [
-        ("phase:started", {"phase": "planning", "progress": 0.1})]
+        ("phase:started", {"phase": "planning", "progress": 0.1})
+    ]
 
 
 def test_phase_change_completes_the_old_one_first() -> None:
     assert plain(phase_changes("planning", "development")) == [
         ("phase:completed", {"phase": "planning"}),
-        ("phase:started", {"phase": "development", "previousPhase": "planning"})]
+        ("phase:started", {"phase": "development", "previousPhase": "planning"}),
+    ]
 
 
 def test_phase_unchanged_or_unknown() -> None:
@@ -131,7 +140,8 @@ def test_phase_unchanged_or_unknown() -> None:
 
 def test_phase_previous_from_the_file_when_none_was_announced() -> None:
     assert plain(phase_changes(None, "qa", previous="dev")) == [
-        ("phase:started", {"phase": "qa", "previousPhase": "dev"})]
+        ("phase:started", {"phase": "qa", "previousPhase": "dev"})
+    ]
 
 
 # -------------------------------------------------------------------------- tasks
@@ -139,11 +149,27 @@ def test_phase_previous_from_the_file_when_none_was_announced() -> None:
 
 def test_new_tasks() -> None:
     assert plain(task_changes([], [task("1")])) == [
-        ("task:created", {"taskId": "1", "title": "T1", "status": "pending"})]
-    assert kinds(task_changes([], [task("1", "running"), task("2", "completed"),
-                                   task("3", "failed"), task("4", "queued")])) == [
-        "task:created", "task:started", "task:created", "task:completed",
-        "task:created", "task:failed", "task:created"]
+        ("task:created", {"taskId": "1", "title": "T1", "status": "pending"})
+    ]
+    assert kinds(
+        task_changes(
+            [],
+            [
+                task("1", "running"),
+                task("2", "completed"),
+                task("3", "failed"),
+                task("4", "queued"),
+            ],
+        )
+    ) == [
+        "task:created",
+        "task:started",
+        "task:created",
+        "task:completed",
+        "task:created",
+        "task:failed",
+        "task:created",
+    ]
 
 
 def test_task_status_changes() -> None:
@@ -159,11 +185,10 @@ def test_task_status_changes() -> None:
 def test_task_progress() -> None:
     old = [task("1", "running", progress=0.1)]
     assert plain(task_changes(old, [task("1", "running", progress=0.5)])) == [
-        ("task:progress", {"taskId": "1", "title": "T1", "status": "running",
-                           "progress": 0.5})]
+        ("task:progress", {"taskId": "1", "title": "T1", "status": "running", "progress": 0.5})
+    ]
     # A status change wins over a progress change: one event, not two.
-    assert kinds(task_changes(old, [task("1", "completed", progress=1.0)])) == [
-        "task:completed"]
+    assert kinds(task_changes(old, [task("1", "completed", progress=1.0)])) == ["task:completed"]
 
 
 def test_task_edits_without_news() -> None:

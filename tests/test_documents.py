@@ -30,20 +30,44 @@ def raw(doc: Any) -> bytes:
 
 
 def test_session_full_record() -> None:
-    doc = {"id": "other-id", "prdPath": "./prd.md", "provider": "codex", "status": "running",
-           "startedAt": "2026-11-23T05:00:00.000Z", "updatedAt": "2026-11-23T05:01:00.000Z",
-           "pid": 1234, "currentPhase": "planning", "taskCount": 3, "completedTasks": 1,
-           "exitCode": None, "somethingNew": {"x": 1}}
+    doc = {
+        "id": "other-id",
+        "prdPath": "./prd.md",
+        "provider": "codex",
+        "status": "running",
+        "startedAt": "2026-11-23T05:00:00.000Z",
+        "updatedAt": "2026-11-23T05:01:00.000Z",
+        "pid": 1234,
+        "currentPhase": "planning",
+        "taskCount": 3,
+        "completedTasks": 1,
+        "exitCode": None,
+        "somethingNew": {"x": 1},
+    }
     assert decode_session(raw(doc), "s1") == Session(
-        id="s1", prd_path="./prd.md", provider="codex", status="running",
-        started_at="2026-11-23T05:00:00.000Z", updated_at="2026-11-23T05:01:00.000Z",
-        pid=1234, current_phase="planning", task_count=3, completed_tasks=1)
+        id="s1",
+        prd_path="./prd.md",
+        provider="codex",
+        status="running",
+        started_at="2026-11-23T05:00:00.000Z",
+        updated_at="2026-11-23T05:01:00.000Z",
+        pid=1234,
+        current_phase="planning",
+        task_count=3,
+        completed_tasks=1,
+    )
 
 
 def test_session_bad_fields_are_dropped_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, "loki_api.state.documents")
-    doc = {"status": " PAUSED ", "pid": "12", "taskCount": 2.0, "completedTasks": True,
-           "currentPhase": 5, "provider": None}
+    doc = {
+        "status": " PAUSED ",
+        "pid": "12",
+        "taskCount": 2.0,
+        "completedTasks": True,
+        "currentPhase": 5,
+        "provider": None,
+    }
     record = decode_session(raw(doc), "s1")
     assert record == Session(id="s1", status="paused", task_count=2)
     assert "pid" in caplog.text
@@ -53,8 +77,9 @@ def test_session_unknown_status_is_ignored() -> None:
     assert decode_session(raw({"status": "exploded"}), "s1") == Session(id="s1")
 
 
-@pytest.mark.parametrize("data", [b"", b'{"status": "runn', b"[1, 2]", b'"text"', b"null",
-                                  b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "data", [b"", b'{"status": "runn', b"[1, 2]", b'"text"', b"null", b"\xff\xfe"]
+)
 def test_session_unusable_documents(data: bytes) -> None:
     assert decode_session(data, "s1") is None
 
@@ -63,17 +88,26 @@ def test_session_unusable_documents(data: bytes) -> None:
 
 
 def test_tasks_normalised() -> None:
-    tasks = decode_tasks(raw({"tasks": [
-        {"id": 7, "subject": "from subject", "status": "in_progress", "priority": 2},
-        {"id": "b", "title": "titled", "subject": "ignored", "status": "in progress"},
-        {"title": "no id", "status": "done", "progress": 0.5},
-        {"id": "d", "status": "weird"},
-        {"id": "e", "status": "FAILED", "description": 5},
-    ]}), "s1")
+    tasks = decode_tasks(
+        raw(
+            {
+                "tasks": [
+                    {"id": 7, "subject": "from subject", "status": "in_progress", "priority": 2},
+                    {"id": "b", "title": "titled", "subject": "ignored", "status": "in progress"},
+                    {"title": "no id", "status": "done", "progress": 0.5},
+                    {"id": "d", "status": "weird"},
+                    {"id": "e", "status": "FAILED", "description": 5},
+                ]
+            }
+        ),
+        "s1",
+    )
     assert tasks is not None
     assert [(t.id, t.title, t.status) for t in tasks] == [
-        ("7", "from subject", "running"), ("b", "titled", "running"),
-        ("task-2", "no id", "completed"), ("d", "Untitled", "pending"),
+        ("7", "from subject", "running"),
+        ("b", "titled", "running"),
+        ("task-2", "no id", "completed"),
+        ("d", "Untitled", "pending"),
         ("e", "Untitled", "failed"),
     ]
     assert tasks[0].priority == 2 and tasks[0].session_id == "s1"
@@ -102,11 +136,19 @@ def test_tasks_invalid_json() -> None:
     assert decode_tasks(b'{"tasks": [', "s1") is None
 
 
-@pytest.mark.parametrize(("value", "status"), [
-    ("in_progress", "running"), ("In Progress", "running"), ("done", "completed"),
-    ("queued", "queued"), ("skipped", "skipped"), ("bogus", "pending"), (None, "pending"),
-    (3, "pending"),
-])
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [
+        ("in_progress", "running"),
+        ("In Progress", "running"),
+        ("done", "completed"),
+        ("queued", "queued"),
+        ("skipped", "skipped"),
+        ("bogus", "pending"),
+        (None, "pending"),
+        (3, "pending"),
+    ],
+)
 def test_task_status_synonyms(value: Any, status: str) -> None:
     assert normalise_task_status(value) == status
 
@@ -115,9 +157,9 @@ def test_task_status_synonyms(value: Any, status: str) -> None:
 
 
 def test_phase() -> None:
-    assert decode_phase(raw({"current": "development", "previous": "planning",
-                             "progress": 0.4, "x": 1}), "s1") == PhaseDoc(
-        current="development", previous="planning", progress=0.4)
+    assert decode_phase(
+        raw({"current": "development", "previous": "planning", "progress": 0.4, "x": 1}), "s1"
+    ) == PhaseDoc(current="development", previous="planning", progress=0.4)
     assert decode_phase(raw({"current": 3, "progress": "half"}), "s1") == PhaseDoc()
     assert decode_phase(raw(["development"]), "s1") is None
     assert decode_phase(b"{", "s1") is None
@@ -127,14 +169,24 @@ def test_phase() -> None:
 
 
 def test_agents() -> None:
-    agents = decode_agents(raw({"active": [
-        {"id": "a1", "type": "developer", "model": "opus", "task": "t1", "extra": 1},
-        {"id": 2, "status": "completed"},
-        {"type": "no id"},
-        "junk",
-    ], "completed": []}), "s1")
-    assert agents == [Agent(id="a1", type="developer", model="opus", task="t1"),
-                      Agent(id="2", status="completed")]
+    agents = decode_agents(
+        raw(
+            {
+                "active": [
+                    {"id": "a1", "type": "developer", "model": "opus", "task": "t1", "extra": 1},
+                    {"id": 2, "status": "completed"},
+                    {"type": "no id"},
+                    "junk",
+                ],
+                "completed": [],
+            }
+        ),
+        "s1",
+    )
+    assert agents == [
+        Agent(id="a1", type="developer", model="opus", task="t1"),
+        Agent(id="2", status="completed"),
+    ]
 
 
 def test_agents_shapes() -> None:
@@ -148,9 +200,11 @@ def test_agent_finished_and_failed() -> None:
     assert not agent_finished(Agent(id="a", status="running"))
     assert not agent_finished(Agent(id="a"))
     assert agent_finished(Agent(id="a", status="Done")) and not agent_failed(
-        Agent(id="a", status="done"))
+        Agent(id="a", status="done")
+    )
     assert agent_finished(Agent(id="a", status="error")) and agent_failed(
-        Agent(id="a", status="error"))
+        Agent(id="a", status="error")
+    )
 
 
 # -------------------------------------------------------------------------- state

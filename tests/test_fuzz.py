@@ -16,8 +16,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_fuzz_finds_nothing() -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "fuzz_api.py"), "--max-examples", "25",
-         "--seed", "20261123"],
-        capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "fuzz_api.py"),
+            "--max-examples",
+            "25",
+            "--seed",
+            "20261123",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]

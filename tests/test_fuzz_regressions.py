@@ -23,12 +23,15 @@ async def client(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("query", [
-    "limit=²",                       # str.isdigit() is True, int() refuses it
-    "limit=١٢",                      # non-ASCII digits are not an integer parameter
-    "after=evt_²_1",
-    "after=evt_" + "9" * 5000 + "_1",  # past int()'s digit limit
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=²",  # str.isdigit() is True, int() refuses it
+        "limit=١٢",  # non-ASCII digits are not an integer parameter
+        "after=evt_²_1",
+        "after=evt_" + "9" * 5000 + "_1",  # past int()'s digit limit
+    ],
+)
 async def test_bad_numbers_are_400(client: httpx.AsyncClient, query: str) -> None:
     response = await client.get(f"/api/events/history?{query}")
     assert response.status_code == 400, response.text
@@ -49,11 +52,14 @@ async def test_leading_zeros_are_one_number(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("method", "path", "allow"), [
-    ("PUT", "/api/sessions", "GET, HEAD, POST"),          # GET and POST are separate routes
-    ("OPTIONS", "/api/sessions/abc", "DELETE, GET, HEAD"),
-    ("POST", "/health", "GET, HEAD"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/api/sessions", "GET, HEAD, POST"),  # GET and POST are separate routes
+        ("OPTIONS", "/api/sessions/abc", "DELETE, GET, HEAD"),
+        ("POST", "/health", "GET, HEAD"),
+    ],
+)
 async def test_405_allow_lists_every_method_of_the_path(
     client: httpx.AsyncClient, method: str, path: str, allow: str
 ) -> None:

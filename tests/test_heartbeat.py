@@ -28,16 +28,29 @@ def write(path: Path, doc: object) -> Path:
 
 
 def test_heartbeat_data_from_current_state(store: StateStore) -> None:
-    state = store.create(Session(id="s1", status="running",
-                                 started_at="2026-01-01T00:00:00.000Z"))
-    store.apply_file(write(state.dir / "tasks.json", {"tasks": [
-        {"id": 1, "status": "pending"}, {"id": 2, "status": "queued"},
-        {"id": 3, "status": "running"}, {"id": 4, "status": "done"}]}))
-    store.apply_file(write(state.dir / "agents.json", {"active": [
-        {"id": "a"}, {"id": "b", "status": "completed"}]}))
+    state = store.create(Session(id="s1", status="running", started_at="2026-01-01T00:00:00.000Z"))
+    store.apply_file(
+        write(
+            state.dir / "tasks.json",
+            {
+                "tasks": [
+                    {"id": 1, "status": "pending"},
+                    {"id": 2, "status": "queued"},
+                    {"id": 3, "status": "running"},
+                    {"id": 4, "status": "done"},
+                ]
+            },
+        )
+    )
+    store.apply_file(
+        write(
+            state.dir / "agents.json", {"active": [{"id": "a"}, {"id": "b", "status": "completed"}]}
+        )
+    )
     now = 1767225600.0 + 90.5  # 2026-01-01T00:01:30.5Z
     assert heartbeat_data(state, now) == HeartbeatEventData(
-        uptime=90.5, active_agents=1, queued_tasks=2)
+        uptime=90.5, active_agents=1, queued_tasks=2
+    )
 
 
 def test_heartbeat_uptime_without_start_time(store: StateStore) -> None:
@@ -52,8 +65,7 @@ def test_only_running_sessions_beat(store: StateStore) -> None:
     before = store.bus.published
     assert publish_heartbeats(store, store.bus, 0.0) == 2
     beats = store.bus.history()[before:]
-    assert sorted((e.type, e.session_id) for e in beats) == [
-        ("heartbeat", "a"), ("heartbeat", "c")]
+    assert sorted((e.type, e.session_id) for e in beats) == [("heartbeat", "a"), ("heartbeat", "c")]
 
 
 @pytest.mark.anyio

@@ -11,15 +11,18 @@ from loki_api.models import LogEventData
 from loki_api.watcher.logtail import LogTailer, parse_log_line
 
 
-@pytest.mark.parametrize(("line", "parsed"), [
-    ("[WARN] disk low", ("warn", None, "disk low")),
-    ("[warning] [agent-1] slow", ("warn", "agent-1", "slow")),
-    ("[ERROR] [source] boom [x]", ("error", "source", "boom [x]")),
-    ("  [Debug]detail", ("debug", None, "detail")),
-    ("[INFO] [] empty source", ("info", None, "empty source")),
-    ("plain text", ("info", None, "plain text")),
-    ("[TRACE] unknown level", ("info", None, "[TRACE] unknown level")),
-])
+@pytest.mark.parametrize(
+    ("line", "parsed"),
+    [
+        ("[WARN] disk low", ("warn", None, "disk low")),
+        ("[warning] [agent-1] slow", ("warn", "agent-1", "slow")),
+        ("[ERROR] [source] boom [x]", ("error", "source", "boom [x]")),
+        ("  [Debug]detail", ("debug", None, "detail")),
+        ("[INFO] [] empty source", ("info", None, "empty source")),
+        ("plain text", ("info", None, "plain text")),
+        ("[TRACE] unknown level", ("info", None, "[TRACE] unknown level")),
+    ],
+)
 def test_parse_log_line(line: str, parsed: tuple[str, str | None, str]) -> None:
     assert parse_log_line(line) == parsed
 
@@ -102,8 +105,10 @@ def test_rotation_new_inode_starts_again(tmp_path: Path, log_file: Path) -> None
     tailer.poll(log_file)  # gone: forgotten
     append(log_file, b"fresh file, even longer than the old one was\n")
     tailer.poll(log_file)
-    assert sink.messages() == ["before rotation, long enough",
-                               "fresh file, even longer than the old one was"]
+    assert sink.messages() == [
+        "before rotation, long enough",
+        "fresh file, even longer than the old one was",
+    ]
 
 
 def test_overlong_line_is_cut_not_buffered(tmp_path: Path, log_file: Path) -> None:
@@ -117,8 +122,9 @@ def test_overlong_line_is_cut_not_buffered(tmp_path: Path, log_file: Path) -> No
     assert sink.messages() == ["next"]
 
 
-def test_big_backlog_is_read_in_chunks(tmp_path: Path, log_file: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_big_backlog_is_read_in_chunks(
+    tmp_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("loki_api.watcher.logtail.READ_CHUNK", 8)
     sink = Sink()
     tailer = LogTailer(tmp_path / "sessions", sink)

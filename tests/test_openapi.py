@@ -59,8 +59,12 @@ def template(path: str) -> str:
 
 
 def documented_operations(spec: dict[str, Any]) -> set[tuple[str, str]]:
-    return {(template(path), method.upper()) for path, item in spec["paths"].items()
-            for method in item if method in METHODS}
+    return {
+        (template(path), method.upper())
+        for path, item in spec["paths"].items()
+        for method in item
+        if method in METHODS
+    }
 
 
 def app_operations(app) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
@@ -83,8 +87,12 @@ def test_every_documented_operation_exists(app, spec: dict[str, Any]) -> None:  
 
 
 def test_committed_spec_is_fresh() -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_openapi.py"), "--check"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_openapi.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -137,33 +145,50 @@ def test_path_parameters_match_the_templates(spec: dict[str, Any]) -> None:
         for method, operation in item.items():
             if method not in METHODS:
                 continue
-            declared = [resolve(spec, p["$ref"]) if "$ref" in p else p
-                        for p in [*item.get("parameters", []), *operation.get("parameters", [])]]
+            declared = [
+                resolve(spec, p["$ref"]) if "$ref" in p else p
+                for p in [*item.get("parameters", []), *operation.get("parameters", [])]
+            ]
             in_path = {p["name"] for p in declared if p["in"] == "path"}
             assert in_path == in_template, f"{method.upper()} {path}"
 
 
 def operations_by_id(spec: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-    return {op["operationId"]: (item, op) for item in spec["paths"].values()
-            for method, op in item.items() if method in METHODS}
+    return {
+        op["operationId"]: (item, op)
+        for item in spec["paths"].values()
+        for method, op in item.items()
+        if method in METHODS
+    }
 
 
 def test_links_name_real_operations_and_parameters(spec: dict[str, Any]) -> None:
     by_id = operations_by_id(spec)
-    links = [link for item in spec["paths"].values() for method, op in item.items()
-             if method in METHODS for response in op["responses"].values()
-             for link in response.get("links", {}).values()]
+    links = [
+        link
+        for item in spec["paths"].values()
+        for method, op in item.items()
+        if method in METHODS
+        for response in op["responses"].values()
+        for link in response.get("links", {}).values()
+    ]
     assert len(links) >= 9
     for link in links:
         item, target = by_id[link["operationId"]]
-        declared = {(resolve(spec, p["$ref"]) if "$ref" in p else p)["name"]
-                    for p in [*item.get("parameters", []), *target.get("parameters", [])]}
+        declared = {
+            (resolve(spec, p["$ref"]) if "$ref" in p else p)["name"]
+            for p in [*item.get("parameters", []), *target.get("parameters", [])]
+        }
         assert set(link["parameters"]) <= declared, link
 
 
 def test_operation_ids_are_unique(spec: dict[str, Any]) -> None:
-    ids = [op["operationId"] for item in spec["paths"].values()
-           for method, op in item.items() if method in METHODS]
+    ids = [
+        op["operationId"]
+        for item in spec["paths"].values()
+        for method, op in item.items()
+        if method in METHODS
+    ]
     assert len(ids) == len(set(ids))
 
 
@@ -195,8 +220,9 @@ def test_auth_and_rate_limit_are_documented_outside_health(spec: dict[str, Any])
     events = spec["paths"]["/api/events"]["get"]
     assert {"queryToken": []} in events["security"]
     assert "text/event-stream" in events["responses"]["200"]["content"]
-    assert any(p.get("in") == "header" and p["name"] == "Last-Event-ID"
-               for p in events["parameters"])
+    assert any(
+        p.get("in") == "header" and p["name"] == "Last-Event-ID" for p in events["parameters"]
+    )
 
 
 # ------------------------------------------------------------------ event schemas
@@ -239,19 +265,23 @@ def test_every_event_type_has_a_schema(spec: dict[str, Any]) -> None:
 def test_encoded_events_validate_against_any_event(spec: dict[str, Any]) -> None:
     validator = any_event_validator(spec)
     for event_type in EVENT_TYPES:
-        event = Event(id="evt_1_1732341234567", type=event_type,
-                      timestamp="2026-11-23T05:00:00.123Z", session_id=None,
-                      data=sample_data(event_type))
+        event = Event(
+            id="evt_1_1732341234567",
+            type=event_type,
+            timestamp="2026-11-23T05:00:00.123Z",
+            session_id=None,
+            data=sample_data(event_type),
+        )
         errors = [e.message for e in validator.iter_errors(json.loads(encode(event)))]
         assert not errors, (event_type, errors)
 
 
 def test_any_event_rejects_data_of_another_type(spec: dict[str, Any]) -> None:
     validator = any_event_validator(spec)
-    wrong = Event(id="evt_1_1", type="task:completed", timestamp="t",
-                  data=sample_data("heartbeat"))
-    unknown = Event(id="evt_2_1", type="task:exploded", timestamp="t",
-                    data=sample_data("task:created"))
+    wrong = Event(id="evt_1_1", type="task:completed", timestamp="t", data=sample_data("heartbeat"))
+    unknown = Event(
+        id="evt_2_1", type="task:exploded", timestamp="t", data=sample_data("task:created")
+    )
     assert not validator.is_valid(json.loads(encode(wrong)))
     assert not validator.is_valid(json.loads(encode(unknown)))
 
@@ -276,8 +306,11 @@ async def test_openapi_json_serves_the_committed_spec(app, spec: dict[str, Any])
 
 
 @pytest.mark.anyio
-async def test_missing_document_is_a_clear_500(app, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
-                                               tmp_path: Path) -> None:
+async def test_missing_document_is_a_clear_500(
+    app,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     monkeypatch.setattr(openapi_route, "CHECKOUT_SPEC", tmp_path / "nowhere.yaml")
     openapi_route.spec_json.cache_clear()
     try:
@@ -294,9 +327,21 @@ async def test_missing_document_is_a_clear_500(app, monkeypatch: pytest.MonkeyPa
 def test_wheel_ships_the_spec(tmp_path: Path) -> None:
     """A non-editable install serves the same document from inside the package."""
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q",
-         "-w", str(tmp_path), str(ROOT)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-build-isolation",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     (wheel,) = tmp_path.glob("loki_api-*.whl")
@@ -305,11 +350,18 @@ def test_wheel_ships_the_spec(tmp_path: Path) -> None:
         archive.extractall(tmp_path / "site")
     assert packaged == SPEC_PATH.read_text()
     # The installed route finds the packaged copy without the checkout.
-    probe = ("from loki_api.routes import openapi as o; import sys; "
-             "o.CHECKOUT_SPEC = o.CHECKOUT_SPEC.with_name('absent.yaml'); "
-             "sys.stdout.buffer.write(o.spec_json())")
-    served = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=60,
-                            env={"PYTHONPATH": str(tmp_path / "site")}, cwd=tmp_path)
+    probe = (
+        "from loki_api.routes import openapi as o; import sys; "
+        "o.CHECKOUT_SPEC = o.CHECKOUT_SPEC.with_name('absent.yaml'); "
+        "sys.stdout.buffer.write(o.spec_json())"
+    )
+    served = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        timeout=60,
+        env={"PYTHONPATH": str(tmp_path / "site")},
+        cwd=tmp_path,
+    )
     assert served.returncode == 0, served.stderr.decode()
     assert json.loads(served.stdout) == yaml.safe_load(packaged)
 
@@ -341,8 +393,14 @@ async def test_a_real_sessions_events_match_the_documented_union(
                     await anyio.sleep(0.05)
             history = (await client.get("/api/events/history", params={"limit": 1000})).json()
         events = history["events"]
-        assert {"session:started", "task:created", "agent:spawned", "phase:started",
-                "log:info", "session:completed"} <= {e["type"] for e in events}
+        assert {
+            "session:started",
+            "task:created",
+            "agent:spawned",
+            "phase:started",
+            "log:info",
+            "session:completed",
+        } <= {e["type"] for e in events}
         for event in events:
             errors = [e.message for e in validator.iter_errors(event)]
             assert not errors, (event, errors)

@@ -22,8 +22,9 @@ async def test_output_growth_wakes_only_its_own_session(tmp_path: Path) -> None:
     first, second = tmp_path / "s1", tmp_path / "s2"
     for directory in (first, second):
         directory.mkdir()
-        assert watch.watch(directory,
-                           lambda closed, name=directory.name: woke.append((name, closed)))
+        assert watch.watch(
+            directory, lambda closed, name=directory.name: woke.append((name, closed))
+        )
     try:
         (first / "tasks.json").write_text("{}")  # not output: no wake-up
         out = open(first / "stdout.txt", "ab")  # noqa: SIM115 - closed below, on purpose
@@ -60,11 +61,12 @@ def test_the_state_watcher_sees_output_only_when_asked_to(tmp_path: Path) -> Non
     assert not PathFilter(state, sessions)(output, False)
     assert PathFilter(state, sessions, output_dir=output_dir)(output, False)
     assert not PathFilter(state, sessions, output_dir=output_dir)(
-        str(output_dir / "s1" / "notes.txt"), False)
+        str(output_dir / "s1" / "notes.txt"), False
+    )
     assert PathFilter(state, sessions)(str(sessions / "s1" / "tasks.json"), False)
 
 
-CLI = '''
+CLI = """
 import sys, time
 from pathlib import Path
 go = Path(__file__).with_suffix(".go")
@@ -73,12 +75,13 @@ deadline = time.monotonic() + 20
 while not go.exists() and time.monotonic() < deadline:
     time.sleep(0.005)
 print("second", flush=True)
-'''
+"""
 
 
 @pytest.mark.anyio
 async def test_a_running_session_is_read_when_inotify_says_so(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from loki_api.sessions import manager
     from loki_api.settings import Settings
 
@@ -90,8 +93,11 @@ async def test_a_running_session_is_read_when_inotify_says_so(
     script.write_text(CLI)
     loki_dir = tmp_path / "project"
     loki_dir.mkdir()
-    settings = Settings(loki_dir=loki_dir, port=0,  # type: ignore[arg-type]
-                        cli=f"{sys.executable} {script}")
+    settings = Settings(
+        loki_dir=loki_dir,
+        port=0,  # type: ignore[arg-type]
+        cli=f"{sys.executable} {script}",
+    )
     async with serve_in_process(settings) as srv:
         assert srv.runtime.sessions.output_watch is not None
         async with sse_stream(srv.url, params={"types": "log:info"}) as reader:

@@ -27,10 +27,16 @@ async def remote(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-def scope(path: str, peer: str = "203.0.113.7", headers: dict[str, str] | None = None,
-          query: str = "") -> dict:
-    return {"type": "http", "path": path, "client": (peer, 1), "query_string": query.encode(),
-            "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]}
+def scope(
+    path: str, peer: str = "203.0.113.7", headers: dict[str, str] | None = None, query: str = ""
+) -> dict:
+    return {
+        "type": "http",
+        "path": path,
+        "client": (peer, 1),
+        "query_string": query.encode(),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+    }
 
 
 def test_loopback_peers() -> None:
@@ -127,9 +133,14 @@ async def test_cors_allows_loopback_origins_by_default(tmp_path: Path) -> None:
         assert ok.headers.get("access-control-allow-credentials") == "true"
         evil = await c.get("/api/status", headers={"Origin": "http://evil.example"})
         assert "access-control-allow-origin" not in evil.headers
-        preflight = await c.options("/api/sessions", headers={
-            "Origin": "http://127.0.0.1:3000", "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "content-type"})
+        preflight = await c.options(
+            "/api/sessions",
+            headers={
+                "Origin": "http://127.0.0.1:3000",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        )
         assert preflight.status_code == 200
         assert preflight.headers["access-control-allow-origin"] == "http://127.0.0.1:3000"
 
@@ -141,7 +152,10 @@ async def test_cors_configured_origins_and_never_star(tmp_path: Path) -> None:
         ok = await c.get("/api/status", headers={"Origin": "https://dash.example.com"})
         assert ok.headers["access-control-allow-origin"] == "https://dash.example.com"
         other = await c.get("/api/status", headers={"Origin": "https://other.example"})
-        assert other.headers.get("access-control-allow-origin") not in ("*", "https://other.example")
+        assert other.headers.get("access-control-allow-origin") not in (
+            "*",
+            "https://other.example",
+        )
         local = await c.get("/api/status", headers={"Origin": "http://localhost:3000"})
         assert "access-control-allow-origin" not in local.headers
 

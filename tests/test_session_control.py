@@ -69,11 +69,11 @@ def test_exit_status() -> None:
     assert exit_status(-signal.SIGTERM) == 143
 
 
-def test_spawned_child_runs_in_its_own_group_and_is_found_by_its_session(
-        tmp_path: Path) -> None:
+def test_spawned_child_runs_in_its_own_group_and_is_found_by_its_session(tmp_path: Path) -> None:
     env = {**os.environ, "LOKI_SESSION_ID": "sess-42"}
-    script = "import sys, time; print('out', flush=True); print('err', file=sys.stderr); " \
-             "time.sleep(30)"
+    script = (
+        "import sys, time; print('out', flush=True); print('err', file=sys.stderr); time.sleep(30)"
+    )
     proc = spawn([sys.executable, "-c", script], cwd=tmp_path, env=env, output_dir=tmp_path)
     try:
         assert os.getpgid(proc.pid) == proc.pid != os.getpgid(0)
@@ -95,7 +95,8 @@ def test_spawned_child_runs_in_its_own_group_and_is_found_by_its_session(
     published: list[tuple[str, object]] = []
     for name, stream in (("stdout.txt", "stdout"), ("stderr.txt", "stderr")):
         OutputTail(tmp_path / name, stream).finish(  # type: ignore[arg-type]
-            lambda kind, data: published.append((kind, data)))
+            lambda kind, data: published.append((kind, data))
+        )
     assert [kind for kind, _ in published] == ["log:info", "log:error"]
 
 
@@ -186,16 +187,21 @@ def test_zombie_is_not_alive() -> None:
 
 
 def test_the_launcher_records_the_exit_code(tmp_path: Path) -> None:
-    proc = spawn([sys.executable, "-c", "import sys; sys.exit(7)"], cwd=tmp_path,
-                 env=dict(os.environ), output_dir=tmp_path)
+    proc = spawn(
+        [sys.executable, "-c", "import sys; sys.exit(7)"],
+        cwd=tmp_path,
+        env=dict(os.environ),
+        output_dir=tmp_path,
+    )
     assert proc.wait(10) == 7
     assert recorded_exit_code(tmp_path) == 7
 
 
 def test_the_launcher_passes_sigterm_on_and_records_the_signal(tmp_path: Path) -> None:
     script = "import time; print('up', flush=True); time.sleep(30)"
-    proc = spawn([sys.executable, "-c", script], cwd=tmp_path, env=dict(os.environ),
-                 output_dir=tmp_path)
+    proc = spawn(
+        [sys.executable, "-c", script], cwd=tmp_path, env=dict(os.environ), output_dir=tmp_path
+    )
     deadline = time.monotonic() + 10
     while b"up" not in (tmp_path / "stdout.txt").read_bytes():
         assert time.monotonic() < deadline
@@ -207,8 +213,9 @@ def test_the_launcher_passes_sigterm_on_and_records_the_signal(tmp_path: Path) -
 
 def test_a_missing_program_is_refused_before_spawning(tmp_path: Path) -> None:
     try:
-        spawn(["no-such-loki-binary"], cwd=tmp_path, env={"PATH": str(tmp_path)},
-              output_dir=tmp_path)
+        spawn(
+            ["no-such-loki-binary"], cwd=tmp_path, env={"PATH": str(tmp_path)}, output_dir=tmp_path
+        )
     except FileNotFoundError:
         pass
     else:

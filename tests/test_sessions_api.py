@@ -48,20 +48,32 @@ async def test_a_whole_simulated_session_streams_live(loki_dir: Path) -> None:
     (loki_dir / "prd.md").write_text(PRD)
     with ServerProcess(loki_dir, "--simulate") as server, api(server) as client:
         async with sse_stream(server.url) as stream:
-            reply = client.post("/api/sessions", json={"prdPath": "./prd.md",
-                                                       "options": {"verbose": True}})
+            reply = client.post(
+                "/api/sessions", json={"prdPath": "./prd.md", "options": {"verbose": True}}
+            )
             assert reply.status_code == 201, reply.text
             body = reply.json()
             session_id = body["sessionId"]
             assert body["status"] == "running"
             seen = await stream.until(
-                lambda m: m.event in ("session:completed", "session:failed"), timeout=30)
+                lambda m: m.event in ("session:completed", "session:failed"), timeout=30
+            )
         kinds = [m.event for m in seen]
         assert kinds[-1] == "session:completed", server.output()
         assert kinds.index("session:started") < kinds.index("phase:started")
-        assert {"task:created", "task:started", "task:completed", "agent:spawned",
-                "agent:completed", "log:info", "log:debug", "log:warn", "log:error",
-                "input:requested", "metrics:update"} <= set(kinds)
+        assert {
+            "task:created",
+            "task:started",
+            "task:completed",
+            "agent:spawned",
+            "agent:completed",
+            "log:info",
+            "log:debug",
+            "log:warn",
+            "log:error",
+            "input:requested",
+            "metrics:update",
+        } <= set(kinds)
         mine = [m.json() for m in seen if m.json().get("sessionId") == session_id]
         assert len(mine) == len(seen)
         errors = [m.json()["data"] for m in seen if m.event == "log:error"]
@@ -73,8 +85,13 @@ async def test_a_whole_simulated_session_streams_live(loki_dir: Path) -> None:
         detail = client.get(f"/api/sessions/{session_id}").json()
         assert detail["session"]["status"] == "completed"
         assert detail["session"]["exitCode"] == 0
-        assert detail["tasks"] == {"total": 3, "pending": 0, "running": 0, "completed": 3,
-                                   "failed": 0}
+        assert detail["tasks"] == {
+            "total": 3,
+            "pending": 0,
+            "running": 0,
+            "completed": 3,
+            "failed": 0,
+        }
         assert detail["agents"]["spawned"] >= 3 and detail["agents"]["active"] == 0
         tasks = client.get(f"/api/sessions/{session_id}/tasks", params={"limit": 2}).json()
         assert tasks["pagination"] == {"total": 3, "limit": 2, "offset": 0, "hasMore": True}
@@ -106,19 +123,34 @@ async def test_pause_input_resume_stop_and_delete(loki_dir: Path) -> None:
             assert client.post(f"/api/sessions/{session_id}/pause").status_code == 409
             assert session_status(client, session_id) == "paused"
 
-            reply = client.post(f"/api/sessions/{session_id}/input",
-                                json={"input": "use sqlite please", "context": "db"})
+            reply = client.post(
+                f"/api/sessions/{session_id}/input",
+                json={"input": "use sqlite please", "context": "db"},
+            )
             assert reply.status_code == 200, reply.text
-            await stream.until(lambda m: m.event == "log:info" and "Input injected: use sqlite"
-                               in m.json()["data"]["message"])
-            await stream.until(lambda m: m.event == "log:info" and "Received human input: use "
-                               "sqlite please" in m.json()["data"]["message"])
-            assert client.post(f"/api/sessions/{session_id}/input",
-                               json={"input": "  "}).status_code == 422
-            assert client.post(f"/api/sessions/{session_id}/input",
-                               json={"input": "x" * (64 * 1024 + 1)}).status_code == 422
-            assert client.post(f"/api/sessions/{session_id}/input",
-                               json={}).status_code == 422
+            await stream.until(
+                lambda m: (
+                    m.event == "log:info"
+                    and "Input injected: use sqlite" in m.json()["data"]["message"]
+                )
+            )
+            await stream.until(
+                lambda m: (
+                    m.event == "log:info"
+                    and "Received human input: use sqlite please" in m.json()["data"]["message"]
+                )
+            )
+            assert (
+                client.post(f"/api/sessions/{session_id}/input", json={"input": "  "}).status_code
+                == 422
+            )
+            assert (
+                client.post(
+                    f"/api/sessions/{session_id}/input", json={"input": "x" * (64 * 1024 + 1)}
+                ).status_code
+                == 422
+            )
+            assert client.post(f"/api/sessions/{session_id}/input", json={}).status_code == 422
 
             assert client.post(f"/api/sessions/{session_id}/resume").status_code == 200
             await stream.until(is_type("session:resumed"))
@@ -133,16 +165,21 @@ async def test_pause_input_resume_stop_and_delete(loki_dir: Path) -> None:
             assert [m.event for m in seen].count("session:stopped") == 1
             await wait_for(lambda: not group_alive(pid), timeout=5)
             gone = time.perf_counter() - began
-            print(f"\nstop latency: HTTP answer {answered * 1000:.1f} ms, "
-                  f"process group gone {gone * 1000:.1f} ms")
+            print(
+                f"\nstop latency: HTTP answer {answered * 1000:.1f} ms, "
+                f"process group gone {gone * 1000:.1f} ms"
+            )
             assert answered < 1.0
             await wait_for(lambda: session_status(client, session_id) == "stopped")
             assert client.post(f"/api/sessions/{session_id}/stop").status_code == 409
-            assert client.post(f"/api/sessions/{session_id}/input",
-                               json={"input": "late"}).status_code == 409
+            assert (
+                client.post(f"/api/sessions/{session_id}/input", json={"input": "late"}).status_code
+                == 409
+            )
             # No second session:stopped once the process is really gone.
-            after = client.get("/api/events/history",
-                               params={"sessionId": session_id, "types": "session:stopped"})
+            after = client.get(
+                "/api/events/history", params={"sessionId": session_id, "types": "session:stopped"}
+            )
             assert after.json()["count"] == 1, [e["data"] for e in after.json()["events"]]
 
         deleted = client.delete(f"/api/sessions/{session_id}")
@@ -154,22 +191,26 @@ async def test_pause_input_resume_stop_and_delete(loki_dir: Path) -> None:
 
 
 async def test_options_timeout_stops_the_session(loki_dir: Path) -> None:
-    with ServerProcess(loki_dir, "--simulate", env={"LOKI_SIM_DELAY": "0.5"}) as server, \
-            api(server) as client:
+    with (
+        ServerProcess(loki_dir, "--simulate", env={"LOKI_SIM_DELAY": "0.5"}) as server,
+        api(server) as client,
+    ):
         assert client.post("/api/sessions", json={"options": {"timeout": -1}}).status_code == 422
         async with sse_stream(server.url) as stream:
-            reply = client.post("/api/sessions", json={"options": {"timeout": 0.3,
-                                                                   "dryRun": True}})
+            reply = client.post("/api/sessions", json={"options": {"timeout": 0.3, "dryRun": True}})
             session_id = reply.json()["sessionId"]
             seen = await stream.until(is_type("session:stopped"))
-            assert any(m.event == "log:warn" and "timeout" in m.json()["data"]["message"]
-                       for m in seen)
+            assert any(
+                m.event == "log:warn" and "timeout" in m.json()["data"]["message"] for m in seen
+            )
         await wait_for(lambda: session_status(client, session_id) == "stopped")
 
 
 async def test_nonzero_exit_is_session_failed_with_exit_code(loki_dir: Path) -> None:
-    with ServerProcess(loki_dir, "--simulate", env={"LOKI_SIM_EXIT": "3"}) as server, \
-            api(server) as client:
+    with (
+        ServerProcess(loki_dir, "--simulate", env={"LOKI_SIM_EXIT": "3"}) as server,
+        api(server) as client,
+    ):
         async with sse_stream(server.url) as stream:
             session_id = client.post("/api/sessions", json={}).json()["sessionId"]
             seen = await stream.until(is_type("session:failed"), timeout=30)
@@ -180,8 +221,10 @@ async def test_nonzero_exit_is_session_failed_with_exit_code(loki_dir: Path) -> 
 
 
 async def test_one_session_at_a_time_by_default(loki_dir: Path) -> None:
-    with ServerProcess(loki_dir, "--simulate", env={"LOKI_SIM_DELAY": "0.5"}) as server, \
-            api(server) as client:
+    with (
+        ServerProcess(loki_dir, "--simulate", env={"LOKI_SIM_DELAY": "0.5"}) as server,
+        api(server) as client,
+    ):
         first = client.post("/api/sessions", json={"provider": "codex"}).json()["sessionId"]
         second = client.post("/api/sessions", json={})
         assert second.status_code == 409
@@ -195,12 +238,15 @@ async def test_stop_kills_a_child_that_ignores_sigterm(loki_dir: Path, tmp_path:
     script = tmp_path / "stubborn.py"
     script.write_text(STUBBORN_CLI)
     cli = f"{sys.executable} {script}"
-    with ServerProcess(loki_dir, "--cli", cli, "--stop-grace", "0.5") as server, \
-            api(server) as client:
+    with (
+        ServerProcess(loki_dir, "--cli", cli, "--stop-grace", "0.5") as server,
+        api(server) as client,
+    ):
         async with sse_stream(server.url) as stream:
             session_id = client.post("/api/sessions", json={}).json()["sessionId"]
-            line = await stream.until(lambda m: m.event == "log:info"
-                                      and "grandchild" in m.json()["data"]["message"])
+            line = await stream.until(
+                lambda m: m.event == "log:info" and "grandchild" in m.json()["data"]["message"]
+            )
             grandchild = int(line[-1].json()["data"]["message"].split()[1])
             pid = client.get(f"/api/sessions/{session_id}").json()["session"]["pid"]
             assert os.getpgid(grandchild) == pid
@@ -231,8 +277,9 @@ async def test_a_restarted_server_readopts_and_can_stop_the_session(loki_dir: Pa
         assert record["status"] == "running" and record["pid"] == pid
         async with sse_stream(second.url, params={"sessionId": session_id}) as stream:
             # Its output keeps streaming after the restart.
-            await stream.until(lambda m: m.event.startswith(("log:", "task:", "agent:")),
-                               timeout=15)
+            await stream.until(
+                lambda m: m.event.startswith(("log:", "task:", "agent:")), timeout=15
+            )
             assert client.post(f"/api/sessions/{session_id}/stop").status_code == 200
             await stream.until(is_type("session:stopped"))
         await wait_for(lambda: not group_alive(pid), timeout=5)
@@ -247,19 +294,28 @@ async def test_no_output_line_is_lost_across_a_restart(loki_dir: Path, how: int)
     with api(first) as client:
         session_id = client.post("/api/sessions", json={}).json()["sessionId"]
         stdout = stdout / session_id / "stdout.txt"
-        await wait_for(lambda: client.get("/api/events/history", params={
-            "sessionId": session_id, "types": "log:info"}).json()["count"] > 0)
+        await wait_for(
+            lambda: (
+                client.get(
+                    "/api/events/history", params={"sessionId": session_id, "types": "log:info"}
+                ).json()["count"]
+                > 0
+            )
+        )
     first.stop(how)
     size = stdout.stat().st_size
     await wait_for(lambda: stdout.stat().st_size > size)  # printing while no server runs
     with ServerProcess(loki_dir, "--simulate", env=env) as second, api(second) as client:
         assert session_status(client, session_id) in ("running", "completed")
         await wait_for(lambda: session_status(client, session_id) == "completed", timeout=30)
-        history = client.get("/api/events/history", params={
-            "sessionId": session_id, "types": "log:info,log:warn,log:debug", "limit": 1000})
+        history = client.get(
+            "/api/events/history",
+            params={"sessionId": session_id, "types": "log:info,log:warn,log:debug", "limit": 1000},
+        )
         messages = [e["data"]["message"] for e in history.json()["events"]]
-    level_lines = [line.split("] ", 2)[-1] for line in stdout.read_text().splitlines()
-                   if line.startswith("[")]
+    level_lines = [
+        line.split("] ", 2)[-1] for line in stdout.read_text().splitlines() if line.startswith("[")
+    ]
     assert level_lines and all(line in messages for line in level_lines), (level_lines, messages)
     if how == signal.SIGTERM:  # a graceful stop hands over its exact read position
         assert len(messages) == len(set(messages)), messages
@@ -318,6 +374,7 @@ async def test_graceful_shutdown_leaves_sessions_running_unless_asked(loki_dir: 
 
 async def test_validation_and_not_found(server: ServerProcess, loki_dir: Path) -> None:
     with api(server) as client:
+
         def check(reply: httpx.Response, status: int, code: str) -> dict[str, Any]:
             assert reply.status_code == status, reply.text
             body: dict[str, Any] = reply.json()
@@ -325,28 +382,41 @@ async def test_validation_and_not_found(server: ServerProcess, loki_dir: Path) -
             return body
 
         check(client.post("/api/sessions", json={"bogus": 1}), 422, "VALIDATION_ERROR")
-        body = check(client.post("/api/sessions", json={"provider": "gpt"}), 422,
-                     "VALIDATION_ERROR")
+        body = check(
+            client.post("/api/sessions", json={"provider": "gpt"}), 422, "VALIDATION_ERROR"
+        )
         assert body["error"].startswith("Invalid provider: gpt")
-        body = check(client.post("/api/sessions", json={"prdPath": "missing.md"}), 422,
-                     "VALIDATION_ERROR")
+        body = check(
+            client.post("/api/sessions", json={"prdPath": "missing.md"}), 422, "VALIDATION_ERROR"
+        )
         assert "missing.md" in body["error"]
-        check(client.post("/api/sessions", json={"options": {"nope": True}}), 422,
-              "VALIDATION_ERROR")
-        check(client.post("/api/sessions", content=b"x", headers={"content-type": "text/plain"}),
-              415, "UNSUPPORTED_MEDIA_TYPE")
+        check(
+            client.post("/api/sessions", json={"options": {"nope": True}}), 422, "VALIDATION_ERROR"
+        )
+        check(
+            client.post("/api/sessions", content=b"x", headers={"content-type": "text/plain"}),
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+        )
         check(client.get("/api/sessions", params={"status": "weird"}), 422, "VALIDATION_ERROR")
         check(client.get("/api/sessions", params={"limit": "-1"}), 400, "BAD_REQUEST")
         check(client.get("/api/sessions", params={"offset": "x"}), 400, "BAD_REQUEST")
         check(client.get("/api/tasks", params={"status": "weird"}), 422, "VALIDATION_ERROR")
         check(client.get("/api/tasks", params={"limit": "1.5"}), 400, "BAD_REQUEST")
         for bad in ("nope", ".hidden", "a" * 200, "%2e%2e", "a%2Fb"):
-            for method, path in (("GET", ""), ("POST", "/stop"), ("POST", "/pause"),
-                                 ("POST", "/resume"), ("DELETE", ""), ("GET", "/tasks")):
+            for method, path in (
+                ("GET", ""),
+                ("POST", "/stop"),
+                ("POST", "/pause"),
+                ("POST", "/resume"),
+                ("DELETE", ""),
+                ("GET", "/tasks"),
+            ):
                 reply = client.request(method, f"/api/sessions/{bad}{path}")
                 assert reply.status_code == 404, (bad, path, reply.text)
-        check(client.post("/api/sessions/nope/input", json={"input": "x"}), 404,
-              "SESSION_NOT_FOUND")
+        check(
+            client.post("/api/sessions/nope/input", json={"input": "x"}), 404, "SESSION_NOT_FOUND"
+        )
         assert client.get("/api/sessions", params={"limit": "5000"}).status_code == 200
         empty = client.get("/api/sessions").json()
         assert empty == {"sessions": [], "total": 0, "running": 0}
@@ -363,7 +433,6 @@ async def test_without_a_cli_start_is_503(loki_dir: Path, tmp_path: Path) -> Non
         assert body["code"] == "PROVIDER_NOT_AVAILABLE"
         assert "--simulate" in body["error"] and "LOKI_CLI" in body["error"]
         assert client.get("/health").json()["status"] == "degraded"
-
 
 
 def test_a_running_session_of_someone_else_cannot_be_deleted(loki_dir: Path) -> None:

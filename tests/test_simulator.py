@@ -17,13 +17,22 @@ from loki_api.simulator.prd import BUILT_IN_TASKS, tasks_from_prd
 PRD = "# Todo app\n\n## Backend\n- Build the API\n- [ ] Add storage\n\n## UI\n1. List view\n"
 
 
-def run_sim(loki_dir: Path, *args: str, env: dict[str, str] | None = None,
-            session_id: str = "s1") -> subprocess.CompletedProcess[str]:
+def run_sim(
+    loki_dir: Path, *args: str, env: dict[str, str] | None = None, session_id: str = "s1"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "loki_api.simulator", "start", *args],
-        cwd=loki_dir, capture_output=True, text=True, timeout=30,
-        env={**os.environ, "LOKI_SIM_DELAY": "0", "LOKI_SESSION_ID": session_id,
-             "LOKI_DIR": str(loki_dir), **(env or {})},
+        cwd=loki_dir,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={
+            **os.environ,
+            "LOKI_SIM_DELAY": "0",
+            "LOKI_SESSION_ID": session_id,
+            "LOKI_DIR": str(loki_dir),
+            **(env or {}),
+        },
     )
 
 
@@ -36,8 +45,12 @@ def test_prd_bullets_headings_and_built_in_tasks() -> None:
 
 
 def test_help_says_it_is_a_test_double() -> None:
-    out = subprocess.run([sys.executable, "-m", "loki_api.simulator", "start", "--help"],
-                         capture_output=True, text=True, timeout=30).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "loki_api.simulator", "start", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
     assert "TEST DOUBLE" in out
 
 
@@ -46,9 +59,19 @@ def test_a_whole_session_prints_every_kind_of_line_and_writes_state(loki_dir: Pa
     result = run_sim(loki_dir, "--provider", "codex", "--verbose", "prd.md")
     assert result.returncode == 0, result.stderr
     kinds = {parse_line(line)[0] for line in result.stdout.splitlines() if line.strip()}
-    assert {"log:info", "log:debug", "log:warn", "phase:started", "agent:spawned",
-            "task:started", "task:progress", "task:completed", "agent:completed",
-            "metrics:update", "input:requested"} <= kinds
+    assert {
+        "log:info",
+        "log:debug",
+        "log:warn",
+        "phase:started",
+        "agent:spawned",
+        "task:started",
+        "task:progress",
+        "task:completed",
+        "agent:completed",
+        "metrics:update",
+        "input:requested",
+    } <= kinds
     assert result.stdout.splitlines()[-1] == "Session complete: all phases finished"
     assert result.stderr.strip()  # some lines go to stderr
     session_dir = loki_dir / ".loki" / "sessions" / "s1"
@@ -66,8 +89,9 @@ def test_a_whole_session_prints_every_kind_of_line_and_writes_state(loki_dir: Pa
 def test_server_created_record_keeps_server_fields(loki_dir: Path) -> None:
     session_dir = loki_dir / ".loki" / "sessions" / "s2"
     session_dir.mkdir(parents=True)
-    (session_dir / "session.json").write_text(json.dumps(
-        {"id": "s2", "status": "running", "pid": 1, "extra": "kept"}))
+    (session_dir / "session.json").write_text(
+        json.dumps({"id": "s2", "status": "running", "pid": 1, "extra": "kept"})
+    )
     assert run_sim(loki_dir, session_id="s2").returncode == 0
     record = json.loads((session_dir / "session.json").read_text())
     assert record["status"] == "running" and record["pid"] == 1 and record["extra"] == "kept"
@@ -96,17 +120,23 @@ def test_pause_waits_and_input_is_acknowledged(loki_dir: Path) -> None:
     (session_dir / "PAUSE").write_text("")
     (session_dir / "HUMAN_INPUT.md").write_text("use sqlite\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loki_api.simulator", "start"], cwd=loki_dir,
-        stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "LOKI_SIM_DELAY": "0", "LOKI_SESSION_ID": "s3",
-             "LOKI_DIR": str(loki_dir)})
+        [sys.executable, "-m", "loki_api.simulator", "start"],
+        cwd=loki_dir,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={
+            **os.environ,
+            "LOKI_SIM_DELAY": "0",
+            "LOKI_SESSION_ID": "s3",
+            "LOKI_DIR": str(loki_dir),
+        },
+    )
     seen: list[str] = []
     # A thread reads the lines: select() on a buffered pipe misses lines that
     # arrived together and already sit in the reader's buffer.
     lines: queue.Queue[str] = queue.Queue()
     assert proc.stdout is not None
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout],
-                              daemon=True)
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
     reader.start()
 
     def read_until(text: str, timeout: float = 10) -> None:

@@ -39,9 +39,15 @@ def test_changes_while_down_are_published_once(tmp_path: Path) -> None:
     assert events.take() == []  # no snapshot yet: what is on disk counts as announced
     snapshots = {sid: first.snapshot_of(sid) for sid in ("ext1", "gone")}
 
-    session_files(tmp_path, "ext1", "completed", [
-        {"id": "t1", "title": "A", "status": "completed"},
-        {"id": "t2", "title": "B", "status": "running"}])
+    session_files(
+        tmp_path,
+        "ext1",
+        "completed",
+        [
+            {"id": "t1", "title": "A", "status": "completed"},
+            {"id": "t2", "title": "B", "status": "running"},
+        ],
+    )
     session_files(tmp_path, "new1", "running", [])
     for path in (tmp_path / ".loki" / "sessions" / "gone").iterdir():
         path.unlink()
@@ -50,8 +56,11 @@ def test_changes_while_down_are_published_once(tmp_path: Path) -> None:
     second, events = restart(tmp_path, snapshots)
     published = {(t, d.get("taskId") or d.get("status")) for t, d in events.take()}
     assert published == {
-        ("task:completed", "t1"), ("task:created", "t2"), ("task:started", "t2"),
-        ("session:completed", "completed"), ("session:started", "running"),
+        ("task:completed", "t1"),
+        ("task:created", "t2"),
+        ("task:started", "t2"),
+        ("session:completed", "completed"),
+        ("session:started", "running"),
         ("session:stopped", "stopped"),
     }
     assert second.get("gone") is None and second.get("new1") is not None
@@ -90,11 +99,13 @@ def test_a_restarted_server_publishes_what_changed_while_it_was_down(loki_dir: P
     session_files(loki_dir, "ext1", "running", [{"id": "t1", "title": "A", "status": "pending"}])
     with ServerProcess(loki_dir):
         pass  # a first server sees the session, then stops (SIGTERM)
-    session_files(loki_dir, "ext1", "completed", [{"id": "t1", "title": "A",
-                                                   "status": "completed"}])
+    session_files(
+        loki_dir, "ext1", "completed", [{"id": "t1", "title": "A", "status": "completed"}]
+    )
     with ServerProcess(loki_dir) as server:
-        history = httpx.get(f"{server.url}/api/events/history",
-                            params={"sessionId": "ext1"}).json()["events"]
+        history = httpx.get(
+            f"{server.url}/api/events/history", params={"sessionId": "ext1"}
+        ).json()["events"]
     assert sorted(e["type"] for e in history) == ["session:completed", "task:completed"]
 
 
@@ -107,16 +118,21 @@ def test_log_lines_written_while_down_are_published(loki_dir: Path) -> None:
         with log_file.open("a") as f:
             f.write("[INFO] seen live\n")
         for _ in range(500):  # until the first server has published it
-            events = httpx.get(f"{server.url}/api/events/history",
-                               params={"sessionId": "ext2"}).json()["events"]
+            events = httpx.get(
+                f"{server.url}/api/events/history", params={"sessionId": "ext2"}
+            ).json()["events"]
             if events:
                 break
             time.sleep(0.01)
     with log_file.open("a") as f:
         f.write("[WARN] written while down\n[ERROR] also while down\n")
     with ServerProcess(loki_dir) as server:
-        events = httpx.get(f"{server.url}/api/events/history",
-                           params={"sessionId": "ext2"}).json()["events"]
+        events = httpx.get(f"{server.url}/api/events/history", params={"sessionId": "ext2"}).json()[
+            "events"
+        ]
     messages = [(e["type"], e["data"]["message"]) for e in events]
-    assert messages == [("log:info", "seen live"), ("log:warn", "written while down"),
-                        ("log:error", "also while down")]
+    assert messages == [
+        ("log:info", "seen live"),
+        ("log:warn", "written while down"),
+        ("log:error", "also while down"),
+    ]

@@ -22,7 +22,7 @@ def every_split(stream: bytes) -> list[list[bytes]]:
 
 
 def bytewise(stream: bytes) -> list[bytes]:
-    return [stream[i:i + 1] for i in range(len(stream))]
+    return [stream[i : i + 1] for i in range(len(stream))]
 
 
 def test_whatwg_stock_example() -> None:
@@ -33,8 +33,9 @@ def test_whatwg_stock_example() -> None:
 def test_whatwg_four_blocks_example() -> None:
     # A comment, an event with id 1, an event after an empty `id` (resets it), and
     # a last block with no blank line after it: discarded.
-    stream = (b": test stream\n\ndata: first event\nid: 1\n\n"
-              b"data:second event\nid\n\ndata:  third event")
+    stream = (
+        b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event"
+    )
     assert decode(stream) == [
         ServerSentEvent(data="first event", id="1"),
         ServerSentEvent(data="second event", id=""),
@@ -132,8 +133,10 @@ def test_retry_needs_ascii_digits() -> None:
 
 def test_id_with_nul_is_ignored() -> None:
     stream = b"id: evt_1_1\ndata: a\n\nid: evt\x002\ndata: b\n\n"
-    assert decode(stream) == [ServerSentEvent(data="a", id="evt_1_1"),
-                              ServerSentEvent(data="b", id="evt_1_1")]
+    assert decode(stream) == [
+        ServerSentEvent(data="a", id="evt_1_1"),
+        ServerSentEvent(data="b", id="evt_1_1"),
+    ]
 
 
 def test_id_persists_and_an_id_without_data_still_counts() -> None:
@@ -164,8 +167,10 @@ def test_unterminated_event_is_discarded_at_close() -> None:
 
 
 def test_loki_frame() -> None:
-    frame = (b'id: evt_42_1732341234567\nevent: task:completed\n'
-             b'data: {"id":"evt_42_1732341234567","type":"task:completed"}\n\n')
+    frame = (
+        b"id: evt_42_1732341234567\nevent: task:completed\n"
+        b'data: {"id":"evt_42_1732341234567","type":"task:completed"}\n\n'
+    )
     [event] = decode(*bytewise(frame))
     assert event.event == "task:completed"
     assert event.id == "evt_42_1732341234567"

@@ -25,7 +25,7 @@ class Recorder:
         self.seen = 0
 
     def take(self) -> list[tuple[str, dict[str, Any]]]:
-        events = self.bus.history()[self.seen:]
+        events = self.bus.history()[self.seen :]
         self.seen += len(events)
         return [(e.type, json.loads(e.json)["data"]) for e in events]
 
@@ -62,15 +62,19 @@ def write(path: Path, doc: Any) -> Path:
 
 
 def session_doc(session_id: str, **fields: Any) -> dict[str, Any]:
-    return {"id": session_id, "provider": "claude", "status": "running",
-            "startedAt": "2026-01-01T00:00:00.000Z", **fields}
+    return {
+        "id": session_id,
+        "provider": "claude",
+        "status": "running",
+        "startedAt": "2026-01-01T00:00:00.000Z",
+        **fields,
+    }
 
 
 # ----------------------------------------------------------------- server writes
 
 
-def test_create_writes_session_json_and_announces_once(store: StateStore,
-                                                      events: Recorder) -> None:
+def test_create_writes_session_json_and_announces_once(store: StateStore, events: Recorder) -> None:
     state = store.create(Session(id="s1", status="starting", prd_path="prd.md"))
     assert state.managed
     on_disk = json.loads((state.dir / "session.json").read_text())
@@ -82,8 +86,7 @@ def test_create_writes_session_json_and_announces_once(store: StateStore,
     assert events.take() == []
 
 
-def test_update_record_publishes_each_transition_once(store: StateStore,
-                                                     events: Recorder) -> None:
+def test_update_record_publishes_each_transition_once(store: StateStore, events: Recorder) -> None:
     state = store.create(Session(id="s1"))
     events.take()
     assert store.update_record("s1", status="running", pid=42).pid == 42
@@ -130,21 +133,27 @@ def test_create_rejects_bad_or_duplicate_ids(store: StateStore) -> None:
 # -------------------------------------------------------------- managed fields
 
 
-def test_managed_session_ignores_stale_status_from_the_child(store: StateStore,
-                                                            events: Recorder) -> None:
+def test_managed_session_ignores_stale_status_from_the_child(
+    store: StateStore, events: Recorder
+) -> None:
     state = store.create(Session(id="s1", status="running", pid=7))
     store.update_record("s1", status="paused")
     events.take()
     # The child rewrites session.json with a stale status, and its own fields.
     doc = json.loads((state.dir / "session.json").read_text())
-    doc.update(status="running", pid=999, exitCode=1, currentPhase="planning",
-               taskCount=4, completedTasks=1)
+    doc.update(
+        status="running",
+        pid=999,
+        exitCode=1,
+        currentPhase="planning",
+        taskCount=4,
+        completedTasks=1,
+    )
     write_atomically(state.dir / "session.json", json.dumps(doc).encode())
     store.apply_file(state.dir / "session.json")
     record = store.get("s1").record  # type: ignore[union-attr]
     assert (record.status, record.pid, record.exit_code) == ("paused", 7, None)
-    assert (record.current_phase, record.task_count, record.completed_tasks) == (
-        "planning", 4, 1)
+    assert (record.current_phase, record.task_count, record.completed_tasks) == ("planning", 4, 1)
     assert events.take() == [("phase:started", {"phase": "planning"})]
     # The server's next write keeps the child's latest values.
     store.update_record("s1", status="running")
@@ -153,9 +162,9 @@ def test_managed_session_ignores_stale_status_from_the_child(store: StateStore,
     assert events.types() == ["session:resumed"]
 
 
-def test_unmanaged_session_takes_the_file_as_it_is(store: StateStore,
-                                                  events: Recorder,
-                                                  settings: Settings) -> None:
+def test_unmanaged_session_takes_the_file_as_it_is(
+    store: StateStore, events: Recorder, settings: Settings
+) -> None:
     path = write(settings.sessions_dir / "ext" / "session.json", session_doc("ext"))
     store.apply_file(path)
     assert events.types() == ["session:started"]
@@ -201,8 +210,9 @@ def test_load_is_silent_and_reads_every_file(settings: Settings, bus: EventBus) 
     assert bus.published == 0
 
 
-def test_one_event_per_transition_from_files(store: StateStore, events: Recorder,
-                                             settings: Settings) -> None:
+def test_one_event_per_transition_from_files(
+    store: StateStore, events: Recorder, settings: Settings
+) -> None:
     base = settings.sessions_dir / "s1"
     # tasks.json written before session.json is picked up with the session.
     write(base / "tasks.json", {"tasks": [{"id": "t1", "title": "T", "status": "pending"}]})
@@ -210,8 +220,9 @@ def test_one_event_per_transition_from_files(store: StateStore, events: Recorder
     assert events.take() == []
     store.apply_file(write(base / "session.json", session_doc("s1")))
     assert events.types() == ["session:started", "task:created"]
-    store.apply_file(write(base / "tasks.json",
-                           {"tasks": [{"id": "t1", "title": "T", "status": "in_progress"}]}))
+    store.apply_file(
+        write(base / "tasks.json", {"tasks": [{"id": "t1", "title": "T", "status": "in_progress"}]})
+    )
     store.apply_file(base / "tasks.json")  # a second notification of the same content
     assert events.types() == ["task:started"]
     store.apply_file(write(base / "phase.json", {"current": "planning"}))
@@ -220,14 +231,14 @@ def test_one_event_per_transition_from_files(store: StateStore, events: Recorder
     store.apply_file(write(base / "phase.json", {"current": "development", "progress": 0.5}))
     assert events.take() == [
         ("phase:completed", {"phase": "planning"}),
-        ("phase:started", {"phase": "development", "previousPhase": "planning",
-                           "progress": 0.5}),
+        ("phase:started", {"phase": "development", "previousPhase": "planning", "progress": 0.5}),
     ]
     assert store.get("s1").record.current_phase == "development"  # type: ignore[union-attr]
 
 
-def test_broken_json_is_skipped_then_read_when_fixed(store: StateStore, events: Recorder,
-                                                    settings: Settings) -> None:
+def test_broken_json_is_skipped_then_read_when_fixed(
+    store: StateStore, events: Recorder, settings: Settings
+) -> None:
     base = settings.sessions_dir / "s1"
     store.apply_file(write(base / "session.json", session_doc("s1")))
     events.take()
@@ -241,22 +252,23 @@ def test_broken_json_is_skipped_then_read_when_fixed(store: StateStore, events: 
     assert events.types() == ["session:paused"]
 
 
-def test_session_json_removed(store: StateStore, events: Recorder,
-                              settings: Settings) -> None:
+def test_session_json_removed(store: StateStore, events: Recorder, settings: Settings) -> None:
     base = settings.sessions_dir / "s1"
     store.apply_file(write(base / "session.json", session_doc("s1")))
     events.take()
     (base / "session.json").unlink()
     store.apply_file(base / "session.json")
-    assert events.take() == [("session:stopped",
-                              {"status": "stopped", "message": "session record removed"})]
+    assert events.take() == [
+        ("session:stopped", {"status": "stopped", "message": "session record removed"})
+    ]
     assert store.get("s1") is None
     store.apply_file(base / "session.json")
     assert events.take() == []
 
 
-def test_managed_session_survives_its_file_being_removed(store: StateStore,
-                                                        events: Recorder) -> None:
+def test_managed_session_survives_its_file_being_removed(
+    store: StateStore, events: Recorder
+) -> None:
     state = store.create(Session(id="s1", status="running"))
     events.take()
     (state.dir / "session.json").unlink()
@@ -266,21 +278,23 @@ def test_managed_session_survives_its_file_being_removed(store: StateStore,
     assert (state.dir / "session.json").exists()
 
 
-def test_new_session_directory_is_read_whole(store: StateStore, events: Recorder,
-                                             settings: Settings) -> None:
+def test_new_session_directory_is_read_whole(
+    store: StateStore, events: Recorder, settings: Settings
+) -> None:
     base = settings.sessions_dir / "s2"
     write(base / "session.json", session_doc("s2", status="paused"))
     write(base / "agents.json", {"active": [{"id": "a", "type": "qa", "status": "failed"}]})
     store.apply_file(base)
-    assert events.types() == ["session:started", "session:paused",
-                              "agent:spawned", "agent:failed"]
+    assert events.types() == ["session:started", "session:paused", "agent:spawned", "agent:failed"]
 
 
 def test_ignored_paths(store: StateStore, events: Recorder, settings: Settings) -> None:
-    for path in (settings.sessions_dir / "s1" / "notes.txt",
-                 settings.sessions_dir / "s1" / ".session.json.tmp",
-                 settings.sessions_dir / "bad id" / "session.json",
-                 settings.loki_dir / "elsewhere.json"):
+    for path in (
+        settings.sessions_dir / "s1" / "notes.txt",
+        settings.sessions_dir / "s1" / ".session.json.tmp",
+        settings.sessions_dir / "bad id" / "session.json",
+        settings.loki_dir / "elsewhere.json",
+    ):
         write(path, session_doc("x"))
         store.apply_file(path)
     assert events.take() == [] and len(store) == 0
@@ -288,8 +302,9 @@ def test_ignored_paths(store: StateStore, events: Recorder, settings: Settings) 
 
 def test_all_is_newest_first_and_cached(store: StateStore, settings: Settings) -> None:
     for sid, started in (("a", "2026-01-02"), ("b", "2026-01-03"), ("c", "2026-01-01")):
-        store.apply_file(write(settings.sessions_dir / sid / "session.json",
-                               session_doc(sid, startedAt=started)))
+        store.apply_file(
+            write(settings.sessions_dir / sid / "session.json", session_doc(sid, startedAt=started))
+        )
     first = store.all()
     assert [s.id for s in first] == ["b", "a", "c"]
     assert store.all() is first
@@ -297,8 +312,9 @@ def test_all_is_newest_first_and_cached(store: StateStore, settings: Settings) -
     assert [s.id for s in store.all()] == ["a", "c"]
 
 
-def test_views_are_kept_until_sessions_or_tasks_change(store: StateStore,
-                                                        settings: Settings) -> None:
+def test_views_are_kept_until_sessions_or_tasks_change(
+    store: StateStore, settings: Settings
+) -> None:
     builds: list[list[str]] = []
 
     def task_ids() -> list[str]:
@@ -309,14 +325,26 @@ def test_views_are_kept_until_sessions_or_tasks_change(store: StateStore,
     store.apply_file(write(settings.sessions_dir / "a" / "session.json", session_doc("a")))
     assert store.view("ids", task_ids) == ["t1"]
     assert store.view("ids", task_ids) is builds[0]  # kept, not built again
-    store.apply_file(write(settings.sessions_dir / "a" / "tasks.json",
-                           [{"id": "t1", "status": "running"}, {"id": "t2", "status": "queued"}]))
+    store.apply_file(
+        write(
+            settings.sessions_dir / "a" / "tasks.json",
+            [{"id": "t1", "status": "running"}, {"id": "t2", "status": "queued"}],
+        )
+    )
     assert store.view("ids", task_ids) == ["t1", "t2"]
-    store.apply_file(write(settings.sessions_dir / "a" / "tasks.json",
-                           [{"id": "t1", "status": "running"}, {"id": "t2", "status": "queued"}]))
+    store.apply_file(
+        write(
+            settings.sessions_dir / "a" / "tasks.json",
+            [{"id": "t1", "status": "running"}, {"id": "t2", "status": "queued"}],
+        )
+    )
     assert len(builds) == 2  # identical bytes: nothing changed
-    store.apply_file(write(settings.sessions_dir / "b" / "session.json",
-                           session_doc("b", startedAt="2026-02-01T00:00:00.000Z")))
+    store.apply_file(
+        write(
+            settings.sessions_dir / "b" / "session.json",
+            session_doc("b", startedAt="2026-02-01T00:00:00.000Z"),
+        )
+    )
     write(settings.sessions_dir / "b" / "tasks.json", [{"id": "t3", "status": "pending"}])
     store.apply_file(settings.sessions_dir / "b" / "tasks.json")
     assert store.view("ids", task_ids) == ["t3", "t1", "t2"]
@@ -325,9 +353,9 @@ def test_views_are_kept_until_sessions_or_tasks_change(store: StateStore,
     assert len(builds) == 4
 
 
-def test_rescan_publishes_what_changed_while_not_watching(store: StateStore,
-                                                         events: Recorder,
-                                                         settings: Settings) -> None:
+def test_rescan_publishes_what_changed_while_not_watching(
+    store: StateStore, events: Recorder, settings: Settings
+) -> None:
     store.apply_file(write(settings.sessions_dir / "a" / "session.json", session_doc("a")))
     store.apply_file(write(settings.sessions_dir / "b" / "session.json", session_doc("b")))
     events.take()
@@ -335,8 +363,7 @@ def test_rescan_publishes_what_changed_while_not_watching(store: StateStore,
     (settings.sessions_dir / "b" / "session.json").unlink()
     write(settings.sessions_dir / "c" / "session.json", session_doc("c"))
     store.rescan()
-    assert sorted(events.types()) == ["session:completed", "session:started",
-                                      "session:stopped"]
+    assert sorted(events.types()) == ["session:completed", "session:started", "session:stopped"]
 
 
 # -------------------------------------------------------------- atomic writes

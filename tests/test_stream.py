@@ -41,16 +41,23 @@ async def test_framing_headers_and_connect_preamble(live: InProcessServer) -> No
             first = await anext(chunks)
             assert first.startswith(b": connected")
             assert b"\nretry: 3000\n\n" in first
-            event = live.runtime.bus.publish("task:completed", TaskEventData(
-                task_id="t1", title="Build it", status="completed"), "s1")
+            event = live.runtime.bus.publish(
+                "task:completed",
+                TaskEventData(task_id="t1", title="Build it", status="completed"),
+                "s1",
+            )
             frame = await anext(chunks)
     lines = frame.decode().split("\n")
     assert lines[0] == f"id: {event.id}"
     assert lines[1] == "event: task:completed"
     envelope = json.loads(lines[2].removeprefix("data: "))
-    assert envelope == {"id": event.id, "type": "task:completed", "timestamp": event.timestamp,
-                        "sessionId": "s1",
-                        "data": {"taskId": "t1", "title": "Build it", "status": "completed"}}
+    assert envelope == {
+        "id": event.id,
+        "type": "task:completed",
+        "timestamp": event.timestamp,
+        "sessionId": "s1",
+        "data": {"taskId": "t1", "title": "Build it", "status": "completed"},
+    }
     assert lines[3:] == ["", ""]
 
 
@@ -185,7 +192,8 @@ FRAME = re.compile(rb"id: evt_\d+_\d+\nevent: log:info\ndata: (.*?)\n\n")
 
 @pytest.mark.anyio
 async def test_a_stream_whose_socket_fills_up_catches_up_without_gap_or_duplicate(
-        loki_dir: Path) -> None:
+    loki_dir: Path,
+) -> None:
     async with serve_in_process(settings_for(loki_dir)) as srv:
         bus = srv.runtime.bus
         port = int(srv.url.rsplit(":", 1)[1])
@@ -218,8 +226,9 @@ async def test_a_stream_whose_socket_fills_up_catches_up_without_gap_or_duplicat
                         data += client.recv(1 << 20)
                     except BlockingIOError:
                         await anyio.sleep(0.001)
-            got = [int(m.split(b'"message":"', 1)[1].split(b" ", 1)[0])
-                   for m in FRAME.findall(data)]
+            got = [
+                int(m.split(b'"message":"', 1)[1].split(b" ", 1)[0]) for m in FRAME.findall(data)
+            ]
             assert got == list(range(sent))
             await wait_for(lambda: sub.live)  # caught up: back to the shared batches
             bus.publish("log:info", log("after"))
@@ -235,13 +244,16 @@ async def test_a_stream_whose_socket_fills_up_catches_up_without_gap_or_duplicat
 
 @pytest.mark.anyio
 async def test_a_client_that_pipelined_a_request_and_left_is_unsubscribed(
-        live: InProcessServer) -> None:
+    live: InProcessServer,
+) -> None:
     # uvicorn marks only the newest request of a closed connection as disconnected.
     bus = live.runtime.bus
     port = int(live.url.rsplit(":", 1)[1])
     client = socket.create_connection(("127.0.0.1", port))
-    client.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-                   b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    client.sendall(
+        b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
     await wait_for(lambda: bus.subscriber_count == 1 and bus.subscribers()[0].live)
     client.close()
     with anyio.fail_after(10):
@@ -258,8 +270,9 @@ async def test_stream_sends_cors_headers_to_allowed_origins_only(live: InProcess
     async with sse_stream(live.url, headers={"Origin": "http://evil.example"}) as reader:
         assert "access-control-allow-origin" not in reader.response.headers
     async with httpx.AsyncClient(base_url=live.url) as client:
-        bad = await client.get("/api/events", params={"types": "nope"},
-                               headers={"Origin": "http://127.0.0.1:3000"})
+        bad = await client.get(
+            "/api/events", params={"types": "nope"}, headers={"Origin": "http://127.0.0.1:3000"}
+        )
     assert bad.status_code == 400 and bad.json()["code"] == "BAD_REQUEST"
     assert bad.headers["access-control-allow-origin"] == "http://127.0.0.1:3000"
 
@@ -283,7 +296,8 @@ async def test_the_runtime_sends_keepalives_and_heartbeats(loki_dir: Path) -> No
     directory = loki_dir / ".loki" / "sessions" / "hb1"
     directory.mkdir(parents=True)
     (directory / "session.json").write_text(
-        '{"id": "hb1", "status": "running", "startedAt": "2026-01-01T00:00:00.000Z"}')
+        '{"id": "hb1", "status": "running", "startedAt": "2026-01-01T00:00:00.000Z"}'
+    )
     (directory / "tasks.json").write_text('{"tasks": [{"id": "t", "status": "pending"}]}')
     settings = settings_for(loki_dir, keepalive=0.05, heartbeat=0.05)
     async with serve_in_process(settings) as srv:

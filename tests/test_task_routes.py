@@ -27,30 +27,53 @@ def write(path: Path, doc: Any) -> Path:
     return path
 
 
-def session(sessions: Path, session_id: str, started: str, tasks: list[dict[str, Any]],
-            status: str = "running") -> None:
+def session(
+    sessions: Path,
+    session_id: str,
+    started: str,
+    tasks: list[dict[str, Any]],
+    status: str = "running",
+) -> None:
     write(sessions / session_id / "tasks.json", tasks)
-    write(sessions / session_id / "session.json",
-          {"id": session_id, "provider": "claude", "status": status, "startedAt": started})
+    write(
+        sessions / session_id / "session.json",
+        {"id": session_id, "provider": "claude", "status": status, "startedAt": started},
+    )
 
 
 @pytest.fixture
 async def live(loki_dir: Path) -> AsyncIterator[InProcessServer]:
     sessions = loki_dir / ".loki" / "sessions"
     # Newest first: by the task's createdAt, else its session's start; later entries first.
-    session(sessions, "a", "2026-01-01T00:00:00.000Z", [
-        {"id": "a1", "status": "completed"},
-        {"id": "a2", "status": "running", "createdAt": "2026-01-05T00:00:00.000Z"},
-        {"id": "a3", "status": "pending", "priority": 1},
-    ])
-    session(sessions, "b", "2026-01-03T00:00:00.000Z", [
-        {"id": "b1", "status": "queued", "priority": 5},
-        {"id": "b2", "status": "pending"},
-    ])
-    session(sessions, "c", "2026-01-02T00:00:00.000Z", [
-        {"id": "c1", "status": "running", "createdAt": "2026-01-04T00:00:00.000Z"},
-        {"id": "c2", "status": "pending", "priority": 5},
-    ], status="completed")
+    session(
+        sessions,
+        "a",
+        "2026-01-01T00:00:00.000Z",
+        [
+            {"id": "a1", "status": "completed"},
+            {"id": "a2", "status": "running", "createdAt": "2026-01-05T00:00:00.000Z"},
+            {"id": "a3", "status": "pending", "priority": 1},
+        ],
+    )
+    session(
+        sessions,
+        "b",
+        "2026-01-03T00:00:00.000Z",
+        [
+            {"id": "b1", "status": "queued", "priority": 5},
+            {"id": "b2", "status": "pending"},
+        ],
+    )
+    session(
+        sessions,
+        "c",
+        "2026-01-02T00:00:00.000Z",
+        [
+            {"id": "c1", "status": "running", "createdAt": "2026-01-04T00:00:00.000Z"},
+            {"id": "c2", "status": "pending", "priority": 5},
+        ],
+        status="completed",
+    )
     settings = Settings(loki_dir=loki_dir, port=0)  # type: ignore[arg-type]
     assert settings.sessions_dir == sessions
     async with serve_in_process(settings) as srv:
@@ -77,8 +100,13 @@ async def test_all_tasks_newest_first_with_filter_and_pages(live: InProcessServe
     every = await get(live, "/api/tasks")
     assert task_ids(every) == ["a2", "c1", "b2", "b1", "c2", "a3", "a1"]
     assert every["pagination"] == {"total": 7, "limit": 100, "offset": 0, "hasMore": False}
-    assert every["tasks"][0] == {"id": "a2", "title": "Untitled", "status": "running",
-                                 "sessionId": "a", "createdAt": "2026-01-05T00:00:00.000Z"}
+    assert every["tasks"][0] == {
+        "id": "a2",
+        "title": "Untitled",
+        "status": "running",
+        "sessionId": "a",
+        "createdAt": "2026-01-05T00:00:00.000Z",
+    }
     page = await get(live, "/api/tasks", limit=2, offset=1)
     assert task_ids(page) == ["c1", "b2"]
     assert page["pagination"] == {"total": 7, "limit": 2, "offset": 1, "hasMore": True}
@@ -93,42 +121,85 @@ async def test_all_tasks_newest_first_with_filter_and_pages(live: InProcessServe
 async def test_active_and_queue(live: InProcessServer) -> None:
     # c is completed: its running and pending tasks are neither active nor queued.
     assert await get(live, "/api/tasks/active") == {
-        "tasks": [{"id": "a2", "title": "Untitled", "status": "running", "sessionId": "a",
-                   "createdAt": "2026-01-05T00:00:00.000Z"}], "count": 1}
+        "tasks": [
+            {
+                "id": "a2",
+                "title": "Untitled",
+                "status": "running",
+                "sessionId": "a",
+                "createdAt": "2026-01-05T00:00:00.000Z",
+            }
+        ],
+        "count": 1,
+    }
     queue = await get(live, "/api/tasks/queue")
     # Highest priority first; equal ones in session order (b newer than a); none last.
     assert task_ids(queue) == ["b1", "a3", "b2"] and queue["count"] == 3
 
 
-async def test_listings_follow_task_and_session_changes(live: InProcessServer,
-                                                        loki_dir: Path) -> None:
+async def test_listings_follow_task_and_session_changes(
+    live: InProcessServer, loki_dir: Path
+) -> None:
     sessions = loki_dir / ".loki" / "sessions"
     assert task_ids(await get(live, "/api/tasks", status="running")) == ["a2", "c1"]
     await get(live, "/api/tasks/queue")
-    change(live, sessions / "b" / "tasks.json", [
-        {"id": "b1", "status": "running"},
-        {"id": "b2", "status": "pending", "priority": 9},
-        {"id": "b3", "status": "queued", "createdAt": "2026-01-06T00:00:00.000Z"},
-    ])
-    assert task_ids(await get(live, "/api/tasks")) == ["b3", "a2", "c1", "b2", "b1", "c2",
-                                                       "a3", "a1"]
+    change(
+        live,
+        sessions / "b" / "tasks.json",
+        [
+            {"id": "b1", "status": "running"},
+            {"id": "b2", "status": "pending", "priority": 9},
+            {"id": "b3", "status": "queued", "createdAt": "2026-01-06T00:00:00.000Z"},
+        ],
+    )
+    assert task_ids(await get(live, "/api/tasks")) == [
+        "b3",
+        "a2",
+        "c1",
+        "b2",
+        "b1",
+        "c2",
+        "a3",
+        "a1",
+    ]
     assert task_ids(await get(live, "/api/tasks", status="running")) == ["a2", "c1", "b1"]
     assert task_ids(await get(live, "/api/tasks/active")) == ["b1", "a2"]
     assert task_ids(await get(live, "/api/tasks/queue")) == ["b2", "a3", "b3"]
     # A status change alone (same start time) is seen by the next request too.
-    change(live, sessions / "b" / "session.json",
-           {"id": "b", "provider": "claude", "status": "stopping",
-            "startedAt": "2026-01-03T00:00:00.000Z"})
+    change(
+        live,
+        sessions / "b" / "session.json",
+        {
+            "id": "b",
+            "provider": "claude",
+            "status": "stopping",
+            "startedAt": "2026-01-03T00:00:00.000Z",
+        },
+    )
     assert task_ids(await get(live, "/api/tasks/active")) == ["a2"]  # b is being cut short
     assert task_ids(await get(live, "/api/tasks/queue")) == ["b2", "a3", "b3"]
-    change(live, sessions / "a" / "session.json",
-           {"id": "a", "provider": "claude", "status": "completed",
-            "startedAt": "2026-01-01T00:00:00.000Z"})
+    change(
+        live,
+        sessions / "a" / "session.json",
+        {
+            "id": "a",
+            "provider": "claude",
+            "status": "completed",
+            "startedAt": "2026-01-01T00:00:00.000Z",
+        },
+    )
     assert task_ids(await get(live, "/api/tasks/queue")) == ["b2", "b3"]
     # A session that starts later moves its undated tasks up.
-    change(live, sessions / "c" / "session.json",
-           {"id": "c", "provider": "claude", "status": "completed",
-            "startedAt": "2026-01-09T00:00:00.000Z"})
+    change(
+        live,
+        sessions / "c" / "session.json",
+        {
+            "id": "c",
+            "provider": "claude",
+            "status": "completed",
+            "startedAt": "2026-01-09T00:00:00.000Z",
+        },
+    )
     assert task_ids(await get(live, "/api/tasks"))[:3] == ["c2", "b3", "a2"]
     live.runtime.store.remove("b")
     assert "b1" not in task_ids(await get(live, "/api/tasks"))

@@ -50,8 +50,12 @@ def append(path: Path, data: str) -> None:
 
 
 def session_doc(status: str = "running", **fields: Any) -> dict[str, Any]:
-    return {"status": status, "provider": "claude", "startedAt": "2026-01-01T00:00:00.000Z",
-            **fields}
+    return {
+        "status": status,
+        "provider": "claude",
+        "startedAt": "2026-01-01T00:00:00.000Z",
+        **fields,
+    }
 
 
 # ------------------------------------------------------------------ coalescer
@@ -120,12 +124,20 @@ def test_path_filter(tmp_path: Path) -> None:
     state = tmp_path / ".loki"
     sessions = state / "sessions"
     wanted = PathFilter(state, sessions)
-    yes = [sessions / "s1" / name for name in
-           ("session.json", "tasks.json", "phase.json", "agents.json", "run.log")]
-    no = [sessions / "s1" / name for name in
-          (".session.json.tmp", "output.txt", "PAUSE", "HUMAN_INPUT.md", "notes.json")]
-    no += [state / "events" / "events.log", sessions / "s1" / "sub" / "session.json",
-           sessions / "session.json", state / "other.json"]
+    yes = [
+        sessions / "s1" / name
+        for name in ("session.json", "tasks.json", "phase.json", "agents.json", "run.log")
+    ]
+    no = [
+        sessions / "s1" / name
+        for name in (".session.json.tmp", "output.txt", "PAUSE", "HUMAN_INPUT.md", "notes.json")
+    ]
+    no += [
+        state / "events" / "events.log",
+        sessions / "s1" / "sub" / "session.json",
+        sessions / "session.json",
+        state / "other.json",
+    ]
     assert all(wanted(os.fspath(p), False) for p in yes)
     assert not any(wanted(os.fspath(p), False) for p in no)
     assert wanted(os.fspath(state / "state.json"), False)
@@ -144,8 +156,9 @@ def test_hand_off_uses_the_destination_of_a_rename(tmp_path: Path) -> None:
     assert seen == [final]
 
 
-def test_hand_off_never_raises_into_watchdog(tmp_path: Path,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_hand_off_never_raises_into_watchdog(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     def broken(path: str) -> None:
         raise RuntimeError("loop gone")
 
@@ -222,14 +235,16 @@ async def test_in_process_overflow_triggers_a_rescan(watched: Watched) -> None:
     assert "task:created" not in watched.types("s1")
     # watchdog reports an overflow only through its log; that triggers a rescan.
     logging.getLogger("watchdog.observers.inotify_c").warning(
-        "Inotify queue overflowed; filesystem events were lost")
+        "Inotify queue overflowed; filesystem events were lost"
+    )
     await wait_for(lambda: "task:created" in watched.types("s1"), timeout=5)
     assert watched.types("s1") == ["session:started", "task:created"]
 
 
 @pytest.mark.anyio
 async def test_in_process_watcher_that_cannot_start_keeps_trying(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import loki_api.watcher.service as service
 
     attempts: list[int] = []
@@ -263,7 +278,8 @@ async def test_in_process_watcher_that_cannot_start_keeps_trying(
 
 @pytest.mark.anyio
 async def test_in_process_output_growth_wakes_the_supervisor_without_inotify_of_its_own(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     settings = Settings(loki_dir=tmp_path)
     bus = EventBus(history=10)
     bus.bind_loop()
@@ -302,10 +318,13 @@ class Timeline:
     async def take(self, until: str, timeout: float = 5.0) -> list[SSEMessage]:
         """This session's events up to and including the first of type `until`."""
         seen = await self.reader.until(
-            lambda m: m.event == until and m.json()["sessionId"] == self.session_id,
-            timeout=timeout)
-        return [m for m in seen
-                if m.json().get("sessionId") == self.session_id and m.event != "heartbeat"]
+            lambda m: m.event == until and m.json()["sessionId"] == self.session_id, timeout=timeout
+        )
+        return [
+            m
+            for m in seen
+            if m.json().get("sessionId") == self.session_id and m.event != "heartbeat"
+        ]
 
     async def types(self, until: str, timeout: float = 5.0) -> list[str]:
         return [m.event for m in await self.take(until, timeout)]
@@ -343,15 +362,25 @@ async def test_live_tasks_and_agents(live: ServerProcess) -> None:
         timeline = Timeline(reader, "live-tasks")
         write_atomic(base / "session.json", session_doc())
         await timeline.take("session:started")
-        write_in_place(base / "tasks.json", {"tasks": [
-            {"id": 1, "subject": "Plan", "status": "pending"},
-            {"id": 2, "title": "Build", "status": "in_progress"}]})
+        write_in_place(
+            base / "tasks.json",
+            {
+                "tasks": [
+                    {"id": 1, "subject": "Plan", "status": "pending"},
+                    {"id": 2, "title": "Build", "status": "in_progress"},
+                ]
+            },
+        )
         events = await timeline.take("task:started")
         assert [m.event for m in events] == ["task:created", "task:created", "task:started"]
         assert events[0].json()["data"] == {"taskId": "1", "title": "Plan", "status": "pending"}
-        write_atomic(base / "tasks.json", [
-            {"id": 1, "subject": "Plan", "status": "pending", "progress": 0.5},
-            {"id": 2, "title": "Build", "status": "done"}])
+        write_atomic(
+            base / "tasks.json",
+            [
+                {"id": 1, "subject": "Plan", "status": "pending", "progress": 0.5},
+                {"id": 2, "title": "Build", "status": "done"},
+            ],
+        )
         assert await timeline.types("task:completed") == ["task:progress", "task:completed"]
         write_atomic(base / "agents.json", {"active": [{"id": "a1", "type": "developer"}]})
         assert await timeline.types("agent:spawned") == ["agent:spawned"]
@@ -443,10 +472,19 @@ async def test_live_log_lines(live: ServerProcess) -> None:
         append(log_file, "[WARN] [planner] careful\nplain line\n[ERROR] half")
         events = await timeline.take("log:info")
         assert [(m.event, m.json()["data"]) for m in events] == [
-            ("log:warn", {"level": "warn", "message": "careful", "source": "planner",
-                          "context": {"file": "agent.log"}}),
-            ("log:info", {"level": "info", "message": "plain line",
-                          "context": {"file": "agent.log"}}),
+            (
+                "log:warn",
+                {
+                    "level": "warn",
+                    "message": "careful",
+                    "source": "planner",
+                    "context": {"file": "agent.log"},
+                },
+            ),
+            (
+                "log:info",
+                {"level": "info", "message": "plain line", "context": {"file": "agent.log"}},
+            ),
         ]
         append(log_file, " done\n")
         events = await timeline.take("log:error")
@@ -462,8 +500,10 @@ async def test_live_log_lines(live: ServerProcess) -> None:
 async def test_live_sessions_on_disk_before_start_are_listed_silently(loki_dir: Path) -> None:
     base = loki_dir / ".loki" / "sessions" / "from-disk"
     write_atomic(base / "session.json", session_doc("paused", pid=None, taskCount=2))
-    write_atomic(base / "tasks.json", {"tasks": [{"id": 1, "status": "done"},
-                                                 {"id": 2, "status": "pending"}]})
+    write_atomic(
+        base / "tasks.json",
+        {"tasks": [{"id": 1, "status": "done"}, {"id": 2, "status": "pending"}]},
+    )
     write_atomic(loki_dir / ".loki" / "state.json", {"currentSession": "from-disk"})
     with ServerProcess(loki_dir) as server:
         async with httpx.AsyncClient(base_url=server.url) as client:
@@ -473,7 +513,9 @@ async def test_live_sessions_on_disk_before_start_are_listed_silently(loki_dir: 
             assert body["sessions"][0]["taskCount"] == 2
             tasks = (await client.get("/api/sessions/from-disk/tasks")).json()
             assert [(t["id"], t["status"]) for t in tasks["tasks"]] == [
-                ("1", "completed"), ("2", "pending")]
+                ("1", "completed"),
+                ("2", "pending"),
+            ]
             history = (await client.get("/api/events/history")).json()
             assert history["count"] == 0  # loading announced nothing
             ready = (await client.get("/health/ready")).json()

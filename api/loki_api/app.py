@@ -28,8 +28,12 @@ def cors_middleware(settings: Settings) -> Middleware:
     common = {
         "allow_methods": ["GET", "POST", "PUT", "DELETE", "OPTIONS"],
         "allow_headers": ["Authorization", "X-API-Key", "Content-Type", "Last-Event-ID"],
-        "expose_headers": ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset",
-                           "Retry-After"],
+        "expose_headers": [
+            "X-RateLimit-Limit",
+            "X-RateLimit-Remaining",
+            "X-RateLimit-Reset",
+            "Retry-After",
+        ],
         "allow_credentials": True,
         "max_age": 600,
     }
@@ -49,8 +53,11 @@ class LokiApp(Starlette):
         self.stream_app = stream_app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == EVENTS_PATH \
-                and scope["method"] in ("GET", "HEAD"):
+        if (
+            scope["type"] == "http"
+            and scope["path"] == EVENTS_PATH
+            and scope["method"] in ("GET", "HEAD")
+        ):
             scope["app"] = self
             await self.stream_app(scope, receive, send)
             return
@@ -67,8 +74,9 @@ def stream_stack(settings: Settings, windows: RateWindows) -> ASGIApp:
     app: ASGIApp = stream
     # Refusals (401, 403, 429) carry CORS headers too, so a browser can read them.
     if settings.rate_limit > 0:
-        app = RateLimitMiddleware(app, per_minute=settings.rate_limit, windows=windows,
-                                  error_headers=stream.cors_headers)
+        app = RateLimitMiddleware(
+            app, per_minute=settings.rate_limit, windows=windows, error_headers=stream.cors_headers
+        )
     return SecurityMiddleware(app, settings=settings, error_headers=stream.cors_headers)
 
 
@@ -92,8 +100,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         middleware.append(cors_middleware(settings))
     middleware.append(Middleware(SecurityMiddleware, settings=settings))
     if settings.rate_limit > 0:
-        middleware.append(Middleware(RateLimitMiddleware, per_minute=settings.rate_limit,
-                                     windows=windows))
+        middleware.append(
+            Middleware(RateLimitMiddleware, per_minute=settings.rate_limit, windows=windows)
+        )
 
     app = LokiApp(
         stream_app=stream_stack(settings, windows),

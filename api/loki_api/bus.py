@@ -58,8 +58,8 @@ def sse_frame(event_id: str, event_type: str, json: bytes) -> bytes:
 
 
 def iso_timestamp(unix: float) -> str:
-    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(unix, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )
 
 
@@ -115,8 +115,7 @@ class Subscriber:
     the tick.
     """
 
-    __slots__ = ("filter", "pending", "closed", "overflowed", "blocked", "dirty", "live",
-                 "writer")
+    __slots__ = ("filter", "pending", "closed", "overflowed", "blocked", "dirty", "live", "writer")
 
     def __init__(self, event_filter: EventFilter) -> None:
         self.filter = event_filter
@@ -208,8 +207,9 @@ class EventBus:
         seq = self._seq
         now = time.time()
         event_id = f"evt_{seq}_{int(now * 1000)}"
-        event = Event(id=event_id, type=type, timestamp=iso_timestamp(now),
-                      session_id=session_id, data=data)
+        event = Event(
+            id=event_id, type=type, timestamp=iso_timestamp(now), session_id=session_id, data=data
+        )
         stored = StoredEvent(seq, event_id, type, session_id, encode(event))
         self._history.append(stored)
         self.published += 1

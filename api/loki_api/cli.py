@@ -27,8 +27,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="loki serve",
-                     description="Run the Loki API server (HTTP + Server-Sent Events).")
+    parser = _Parser(
+        prog="loki serve", description="Run the Loki API server (HTTP + Server-Sent Events)."
+    )
     add = parser.add_argument
     add("--port", "-p", type=int, help=f"listen port (LOKI_API_PORT, default {DEFAULT_PORT})")
     add("--host", help="bind address (LOKI_API_HOST, default 127.0.0.1)")
@@ -44,10 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tls-key", type=Path, help="TLS private key file (LOKI_TLS_KEY)")
     add("--generate-token", action="store_true", help="print a fresh random token and exit")
     add("--history", type=int, help="events kept in memory for replay (LOKI_EVENT_HISTORY, 1000)")
-    add("--stop-grace", type=float,
-        help="seconds between SIGTERM and SIGKILL on stop (LOKI_STOP_GRACE, 10)")
-    add("--stop-sessions-on-exit", action="store_true",
-        help="stop running sessions when the server shuts down")
+    add(
+        "--stop-grace",
+        type=float,
+        help="seconds between SIGTERM and SIGKILL on stop (LOKI_STOP_GRACE, 10)",
+    )
+    add(
+        "--stop-sessions-on-exit",
+        action="store_true",
+        help="stop running sessions when the server shuts down",
+    )
     add("--rate-limit", type=int, help="requests per minute per client (LOKI_RATE_LIMIT, off)")
     add("--log-level", choices=LOG_LEVELS, help="server log level (LOKI_LOG_LEVEL, info)")
     add("--keepalive", type=float, help="seconds between SSE keep-alive comments (15)")
@@ -65,8 +72,11 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     if env_port is None:
         env_port = env_int(env, "LOKI_DASHBOARD_PORT")
     port = pick(args.port, env_port, DEFAULT_PORT)
-    log_level = args.log_level or env.get("LOKI_LOG_LEVEL", "").lower() or (
-        "debug" if env.get("LOKI_DEBUG", "").lower() in ("1", "true", "yes") else "info")
+    log_level = (
+        args.log_level
+        or env.get("LOKI_LOG_LEVEL", "").lower()
+        or ("debug" if env.get("LOKI_DEBUG", "").lower() in ("1", "true", "yes") else "info")
+    )
     if log_level == "warn":
         log_level = "warning"
     if log_level not in LOG_LEVELS:

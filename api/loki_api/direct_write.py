@@ -47,12 +47,16 @@ class DirectChunkWriter:
         if type(cycle).__module__ != UVICORN_HTTPTOOLS_CYCLE:
             return None
         try:
-            usable = (cycle.response_started and cycle.chunked_encoding is True
-                      and not cycle.response_complete and cycle.disconnected is False
-                      and isinstance(cycle.flow.write_paused, bool)
-                      and callable(cycle.transport.write)
-                      and callable(cycle.transport.is_closing)
-                      and callable(cycle.message_event.set))
+            usable = (
+                cycle.response_started
+                and cycle.chunked_encoding is True
+                and not cycle.response_complete
+                and cycle.disconnected is False
+                and isinstance(cycle.flow.write_paused, bool)
+                and callable(cycle.transport.write)
+                and callable(cycle.transport.is_closing)
+                and callable(cycle.message_event.set)
+            )
         except AttributeError:  # another uvicorn version: keep to the ASGI send
             return None
         return cls(cycle) if usable else None

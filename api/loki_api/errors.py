@@ -46,8 +46,6 @@ CODE_FOR_STATUS: dict[int, str] = {
 }
 
 
-
-
 class ApiError(Exception):
     """An error answer with a status, a machine-readable code and optional details."""
 
@@ -100,10 +98,10 @@ def error_response(
     details: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    body = ApiErrorBody(error=message, code=code or CODE_FOR_STATUS.get(status, "ERROR"),
-                        details=details)
-    return Response(encode(body), status_code=status, headers=headers,
-                    media_type=JSON_MEDIA_TYPE)
+    body = ApiErrorBody(
+        error=message, code=code or CODE_FOR_STATUS.get(status, "ERROR"), details=details
+    )
+    return Response(encode(body), status_code=status, headers=headers, media_type=JSON_MEDIA_TYPE)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

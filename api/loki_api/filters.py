@@ -23,9 +23,7 @@ class EventFilter:
     min_level: int = 0
 
     @classmethod
-    def parse(
-        cls, session_id: str | None, types: str | None, min_level: str | None
-    ) -> EventFilter:
+    def parse(cls, session_id: str | None, types: str | None, min_level: str | None) -> EventFilter:
         """Build a filter from query-string values, raising `FilterError` on bad input."""
         type_set: frozenset[str] | None = None
         if types:

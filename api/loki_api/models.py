@@ -32,7 +32,13 @@ SessionStatus = Literal[
     "starting", "running", "paused", "stopping", "stopped", "failed", "completed"
 ]
 SESSION_STATUSES: tuple[str, ...] = (
-    "starting", "running", "paused", "stopping", "stopped", "failed", "completed",
+    "starting",
+    "running",
+    "paused",
+    "stopping",
+    "stopped",
+    "failed",
+    "completed",
 )
 
 TaskStatus = Literal["pending", "queued", "running", "completed", "failed", "skipped"]
@@ -116,11 +122,15 @@ EventData = (
 
 # The 25 event types and the data Struct each one carries.
 EVENT_TYPES: dict[str, type[Model]] = {
-    **{f"session:{a}": SessionEventData
-       for a in ("started", "paused", "resumed", "stopped", "completed", "failed")},
+    **{
+        f"session:{a}": SessionEventData
+        for a in ("started", "paused", "resumed", "stopped", "completed", "failed")
+    },
     **{f"phase:{a}": PhaseEventData for a in ("started", "completed", "failed")},
-    **{f"task:{a}": TaskEventData
-       for a in ("created", "started", "progress", "completed", "failed")},
+    **{
+        f"task:{a}": TaskEventData
+        for a in ("created", "started", "progress", "completed", "failed")
+    },
     **{f"agent:{a}": AgentEventData for a in ("spawned", "output", "completed", "failed")},
     **{f"log:{lvl}": LogEventData for lvl in LOG_LEVELS},
     "metrics:update": MetricsEventData,
@@ -167,8 +177,9 @@ def decode_event(raw: RawEvent) -> Event:
         if data_type is not None
         else msgspec.json.decode(raw.data)
     )
-    return Event(id=raw.id, type=raw.type, timestamp=raw.timestamp,
-                 session_id=raw.session_id, data=data)
+    return Event(
+        id=raw.id, type=raw.type, timestamp=raw.timestamp, session_id=raw.session_id, data=data
+    )
 
 
 # --------------------------------------------------------------------- sessions & tasks

@@ -38,7 +38,8 @@ async def read_json(request: Request, type: type[T]) -> T:
         else:
             raise ApiError(
                 f"Content-Type must be application/json, not {media or 'missing'}",
-                status=415, code="UNSUPPORTED_MEDIA_TYPE",
+                status=415,
+                code="UNSUPPORTED_MEDIA_TYPE",
             )
     if not body.strip():
         body = bytearray(b"{}")

@@ -11,8 +11,5 @@ from .encoding import encode
 JSON_MEDIA_TYPE = "application/json; charset=utf-8"
 
 
-def json_response(
-    value: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    return Response(encode(value), status_code=status, headers=headers,
-                    media_type=JSON_MEDIA_TYPE)
+def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(encode(value), status_code=status, headers=headers, media_type=JSON_MEDIA_TYPE)

@@ -52,8 +52,7 @@ class Runtime:
         # Output growth wakes the supervisors through inotify on the loop when it
         # can, else through the state watcher.
         on_output = None if self.sessions.output_watch is not None else self.sessions.wake
-        self.watcher = StateWatcher(settings, self.store, self.bus,
-                                    on_output=on_output)
+        self.watcher = StateWatcher(settings, self.store, self.bus, on_output=on_output)
         self.add_check("watcher", self.watcher.problem)
 
     @property
@@ -161,8 +160,9 @@ class Runtime:
         return None
 
 
-def saved_log_positions(settings: Settings, snapshots: dict[str, Any] | None
-                        ) -> dict[Path, tuple[int, int]]:
+def saved_log_positions(
+    settings: Settings, snapshots: dict[str, Any] | None
+) -> dict[Path, tuple[int, int]]:
     """The log read positions the snapshots hold: path → (inode, offset)."""
     positions: dict[Path, tuple[int, int]] = {}
     for session_id, snapshot in (snapshots or {}).items():
@@ -172,7 +172,12 @@ def saved_log_positions(settings: Settings, snapshots: dict[str, Any] | None
         if not isinstance(logs, dict):
             continue
         for name, value in logs.items():
-            if (isinstance(name, str) and "/" not in name and isinstance(value, list)
-                    and len(value) == 2 and all(isinstance(v, int) for v in value)):
+            if (
+                isinstance(name, str)
+                and "/" not in name
+                and isinstance(value, list)
+                and len(value) == 2
+                and all(isinstance(v, int) for v in value)
+            ):
                 positions[settings.sessions_dir / session_id / name] = (value[0], value[1])
     return positions

@@ -77,8 +77,9 @@ ErrorHeaders = Callable[[Scope], list[tuple[bytes, bytes]]]
 
 
 class SecurityMiddleware:
-    def __init__(self, app: ASGIApp, settings: Settings,
-                 error_headers: ErrorHeaders | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, settings: Settings, error_headers: ErrorHeaders | None = None
+    ) -> None:
         self.app = app
         self.error_headers = error_headers
         self.settings = settings
@@ -111,9 +112,12 @@ class SecurityMiddleware:
         if is_loopback_peer(scope):
             return None
         if self._token is None:
-            return (401, "UNAUTHORIZED",
-                    "Remote access not configured: start the server with --token "
-                    "(or LOKI_API_TOKEN) and send it as 'Authorization: Bearer <token>'")
+            return (
+                401,
+                "UNAUTHORIZED",
+                "Remote access not configured: start the server with --token "
+                "(or LOKI_API_TOKEN) and send it as 'Authorization: Bearer <token>'",
+            )
         offered = presented_token(scope)
         if offered is None or not hmac.compare_digest(offered.encode(), self._token):
             return 401, "UNAUTHORIZED", "Missing or invalid API token"
@@ -130,8 +134,13 @@ class RateWindows:
 class RateLimitMiddleware:
     """Fixed one-minute windows per client address; `/health*` is not counted."""
 
-    def __init__(self, app: ASGIApp, per_minute: int, windows: RateWindows | None = None,
-                 error_headers: ErrorHeaders | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        per_minute: int,
+        windows: RateWindows | None = None,
+        error_headers: ErrorHeaders | None = None,
+    ) -> None:
         self.app = app
         self.error_headers = error_headers
         self.limit = per_minute
@@ -165,9 +174,13 @@ class RateLimitMiddleware:
         ]
         if count > self.limit:
             retry = str(max(1, math.ceil(reset - now)))
-            response = error_response(429, "Rate limit exceeded", "RATE_LIMITED",
-                                      details={"limit": self.limit, "retryAfter": int(retry)},
-                                      headers={"Retry-After": retry})
+            response = error_response(
+                429,
+                "Rate limit exceeded",
+                "RATE_LIMITED",
+                details={"limit": self.limit, "retryAfter": int(retry)},
+                headers={"Retry-After": retry},
+            )
             response.raw_headers.extend(headers)
             if self.error_headers is not None:
                 response.raw_headers.extend(self.error_headers(scope))

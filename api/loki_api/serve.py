@@ -51,9 +51,13 @@ def bind_socket(settings: Settings) -> socket.socket:
 
 
 def banner(settings: Settings, runtime: Runtime, port: int) -> str:
-    auth = ("off (--no-auth)" if not settings.auth
-            else "token for remote clients" if settings.token
-            else "loopback only (no token set)")
+    auth = (
+        "off (--no-auth)"
+        if not settings.auth
+        else "token for remote clients"
+        if settings.token
+        else "loopback only (no token set)"
+    )
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     lines = [
         f"Loki API {__version__}",
@@ -70,19 +74,25 @@ def banner(settings: Settings, runtime: Runtime, port: int) -> str:
 
 def run(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM. Returns the process exit code."""
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         settings.events_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        print(f"loki serve: error: cannot create state dir {settings.state_dir}: {exc}",
-              file=sys.stderr)
+        print(
+            f"loki serve: error: cannot create state dir {settings.state_dir}: {exc}",
+            file=sys.stderr,
+        )
         return 2
     try:
         sock = bind_socket(settings)
     except OSError as exc:
-        print(f"loki serve: error: cannot listen on {settings.host}:{settings.port}: "
-              f"{exc.strerror or exc}", file=sys.stderr)
+        print(
+            f"loki serve: error: cannot listen on {settings.host}:{settings.port}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 2
     runtime = Runtime(settings)
     app = create_app(settings, runtime)

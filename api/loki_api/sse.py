@@ -92,8 +92,7 @@ class EventStream:
                 opening.append(b": replayed %d historical events\n\n" % len(self.replay))
             self.bus.delivered += len(self.replay)
             self.replay = []
-            await send({"type": "http.response.body", "body": b"".join(opening),
-                        "more_body": True})
+            await send({"type": "http.response.body", "body": b"".join(opening), "more_body": True})
             self._direct = DirectChunkWriter.of(send)
             # Live frames published meanwhile wait in `pending`; from now on the tick writes.
             await self._drain()
@@ -148,8 +147,11 @@ class EventStream:
             return False
         message = batch.message
         if message is None:
-            message = batch.message = {"type": "http.response.body", "body": batch.body,
-                                       "more_body": True}
+            message = batch.message = {
+                "type": "http.response.body",
+                "body": batch.body,
+                "more_body": True,
+            }
         return self._send_now(message)
 
     def _send_now(self, message: Message) -> bool:

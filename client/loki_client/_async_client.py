@@ -63,8 +63,9 @@ class AsyncLokiClient:
 
     async def _send(self, call: Call[T]) -> T:
         try:
-            response = await self._http.request(call.method, call.path, params=call.params,
-                                                json=call.json)
+            response = await self._http.request(
+                call.method, call.path, params=call.params, json=call.json
+            )
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _base.translate_http_error(exc, self.base_url) from exc
         return call.result(response)
@@ -82,8 +83,12 @@ class AsyncLokiClient:
     async def __aenter__(self) -> AsyncLokiClient:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.aclose()
 
     # ------------------------------------------------------------ health & status
@@ -98,8 +103,12 @@ class AsyncLokiClient:
 
     # ------------------------------------------------------------------ sessions
 
-    async def start_session(self, prd_path: str | os.PathLike[str] | None = None,
-                            provider: str = "claude", **options: Any) -> SessionActionResponse:
+    async def start_session(
+        self,
+        prd_path: str | os.PathLike[str] | None = None,
+        provider: str = "claude",
+        **options: Any,
+    ) -> SessionActionResponse:
         """Start a session. `options`: `dry_run`, `verbose`, `timeout`.
 
         Raises `SessionAlreadyRunning` at the server's session limit and
@@ -107,8 +116,9 @@ class AsyncLokiClient:
         """
         return await self._send(_base.start_session(prd_path, provider, options))
 
-    async def list_sessions(self, status: str | None = None, limit: int | None = None,
-                            offset: int | None = None) -> SessionList:
+    async def list_sessions(
+        self, status: str | None = None, limit: int | None = None, offset: int | None = None
+    ) -> SessionList:
         """Sessions, optionally only those with `status`, a page at a time."""
         return await self._send(_base.list_sessions(status, limit, offset))
 
@@ -128,8 +138,9 @@ class AsyncLokiClient:
         """Resume a paused session; `Conflict` if it is not paused."""
         return await self._send(_base.session_action(session_id, "resume"))
 
-    async def inject_input(self, session_id: str, text: str,
-                           context: str | None = None) -> SessionActionResponse:
+    async def inject_input(
+        self, session_id: str, text: str, context: str | None = None
+    ) -> SessionActionResponse:
         """Send human input to a session."""
         return await self._send(_base.inject_input(session_id, text, context))
 
@@ -139,8 +150,13 @@ class AsyncLokiClient:
 
     # --------------------------------------------------------------------- tasks
 
-    async def get_tasks(self, session_id: str, status: str | None = None, limit: int | None = None,
-                        offset: int | None = None) -> SessionTaskList:
+    async def get_tasks(
+        self,
+        session_id: str,
+        status: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> SessionTaskList:
         """One session's tasks, with pagination and a summary of counts."""
         return await self._send(_base.get_tasks(session_id, status, limit, offset))
 
@@ -148,8 +164,9 @@ class AsyncLokiClient:
         """One task of a session; `NotFound` if unknown."""
         return await self._send(_base.get_task(session_id, task_id))
 
-    async def list_tasks(self, status: str | None = None, limit: int | None = None,
-                         offset: int | None = None) -> TaskList:
+    async def list_tasks(
+        self, status: str | None = None, limit: int | None = None, offset: int | None = None
+    ) -> TaskList:
         """Tasks of all sessions, newest first."""
         return await self._send(_base.list_tasks(status, limit, offset))
 
@@ -163,9 +180,14 @@ class AsyncLokiClient:
 
     # -------------------------------------------------------------------- events
 
-    async def event_history(self, session_id: str | None = None,
-                            types: str | Sequence[str] | None = None, min_level: str | None = None,
-                            limit: int | None = None, after: str | None = None) -> list[Event]:
+    async def event_history(
+        self,
+        session_id: str | None = None,
+        types: str | Sequence[str] | None = None,
+        min_level: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> list[Event]:
         """Events the server still holds, oldest first, with typed `data`.
 
         `types` is a list (or comma list) of exact type names; `min_level` applies
@@ -178,10 +200,16 @@ class AsyncLokiClient:
         """Subscriber count and publish/delivery counters of the event bus."""
         return await self._send(_base.event_stats())
 
-    def events(self, session_id: str | None = None, types: str | Sequence[str] | None = None,
-               min_level: str | None = None, history: int = 0, *,
-               reconnect_delay: float | None = None,
-               max_retries: int | None = None) -> AsyncEventStream:
+    def events(
+        self,
+        session_id: str | None = None,
+        types: str | Sequence[str] | None = None,
+        min_level: str | None = None,
+        history: int = 0,
+        *,
+        reconnect_delay: float | None = None,
+        max_retries: int | None = None,
+    ) -> AsyncEventStream:
         """Live events as typed `Event`s, reconnecting by itself with `Last-Event-ID`.
 
         `history=N` first replays the last N matching events. No event is yielded
@@ -193,6 +221,12 @@ class AsyncLokiClient:
         closes as soon as you stop (`async for event in client.events():` works too,
         but after a `break` the connection closes only once the stream is collected).
         """
-        return AsyncEventStream(self._http, self._send, self.base_url,
-                           _base.event_filter_params(session_id, types, min_level), history,
-                           reconnect_delay, max_retries)
+        return AsyncEventStream(
+            self._http,
+            self._send,
+            self.base_url,
+            _base.event_filter_params(session_id, types, min_level),
+            history,
+            reconnect_delay,
+            max_retries,
+        )

@@ -207,8 +207,9 @@ def status() -> Call[Status]:
     return Call("GET", "/api/status", _typed(Status))
 
 
-def start_session(prd_path: str | os.PathLike[str] | None, provider: str,
-                  options: Mapping[str, Any]) -> Call[SessionActionResponse]:
+def start_session(
+    prd_path: str | os.PathLike[str] | None, provider: str, options: Mapping[str, Any]
+) -> Call[SessionActionResponse]:
     body: dict[str, Any] = {"provider": provider}
     if prd_path is not None:
         body["prdPath"] = os.fspath(prd_path)
@@ -223,10 +224,13 @@ def _camel(name: str) -> str:
     return head + "".join(word.title() for word in tail)
 
 
-def list_sessions(status: str | None, limit: int | None,
-                  offset: int | None) -> Call[SessionList]:
-    return Call("GET", "/api/sessions", _typed(SessionList),
-                params=_params(status=status, limit=limit, offset=offset))
+def list_sessions(status: str | None, limit: int | None, offset: int | None) -> Call[SessionList]:
+    return Call(
+        "GET",
+        "/api/sessions",
+        _typed(SessionList),
+        params=_params(status=status, limit=limit, offset=offset),
+    )
 
 
 def get_session(session_id: str) -> Call[SessionDetail]:
@@ -235,27 +239,31 @@ def get_session(session_id: str) -> Call[SessionDetail]:
 
 def session_action(session_id: str, action: str) -> Call[SessionActionResponse]:
     """stop / pause / resume."""
-    return Call("POST", _session_path(session_id, action), _typed(SessionActionResponse),
-                json={})
+    return Call("POST", _session_path(session_id, action), _typed(SessionActionResponse), json={})
 
 
-def inject_input(session_id: str, text: str,
-                 context: str | None) -> Call[SessionActionResponse]:
+def inject_input(session_id: str, text: str, context: str | None) -> Call[SessionActionResponse]:
     body: dict[str, Any] = {"input": text}
     if context is not None:
         body["context"] = context
-    return Call("POST", _session_path(session_id, "input"), _typed(SessionActionResponse),
-                json=body)
+    return Call(
+        "POST", _session_path(session_id, "input"), _typed(SessionActionResponse), json=body
+    )
 
 
 def delete_session(session_id: str) -> Call[DeleteResponse]:
     return Call("DELETE", _session_path(session_id), _typed(DeleteResponse))
 
 
-def get_tasks(session_id: str, status: str | None, limit: int | None,
-              offset: int | None) -> Call[SessionTaskList]:
-    return Call("GET", _session_path(session_id, "tasks"), _typed(SessionTaskList),
-                params=_params(status=status, limit=limit, offset=offset))
+def get_tasks(
+    session_id: str, status: str | None, limit: int | None, offset: int | None
+) -> Call[SessionTaskList]:
+    return Call(
+        "GET",
+        _session_path(session_id, "tasks"),
+        _typed(SessionTaskList),
+        params=_params(status=status, limit=limit, offset=offset),
+    )
 
 
 def get_task(session_id: str, task_id: str) -> Call[Task]:
@@ -265,8 +273,12 @@ def get_task(session_id: str, task_id: str) -> Call[Task]:
 
 
 def list_tasks(status: str | None, limit: int | None, offset: int | None) -> Call[TaskList]:
-    return Call("GET", "/api/tasks", _typed(TaskList),
-                params=_params(status=status, limit=limit, offset=offset))
+    return Call(
+        "GET",
+        "/api/tasks",
+        _typed(TaskList),
+        params=_params(status=status, limit=limit, offset=offset),
+    )
 
 
 def active_tasks() -> Call[TaskQueue]:
@@ -277,12 +289,21 @@ def queued_tasks() -> Call[TaskQueue]:
     return Call("GET", "/api/tasks/queue", _typed(TaskQueue))
 
 
-def event_history(session_id: str | None, types: str | Sequence[str] | None,
-                  min_level: str | None, limit: int | None,
-                  after: str | None) -> Call[list[Event]]:
-    return Call("GET", "/api/events/history", _events,
-                params=_params(sessionId=session_id, types=types, minLevel=min_level,
-                               limit=limit, after=after))
+def event_history(
+    session_id: str | None,
+    types: str | Sequence[str] | None,
+    min_level: str | None,
+    limit: int | None,
+    after: str | None,
+) -> Call[list[Event]]:
+    return Call(
+        "GET",
+        "/api/events/history",
+        _events,
+        params=_params(
+            sessionId=session_id, types=types, minLevel=min_level, limit=limit, after=after
+        ),
+    )
 
 
 class _EventId(msgspec.Struct):
@@ -301,6 +322,7 @@ def stream_anchor(filter_params: Params, history: int) -> Call[str]:
     resumed first connection still replays them. `evt_0_0` (before everything)
     when nothing matches yet. Only the seq of an id matters to the server.
     """
+
     def decode(content: bytes) -> str:
         events = decode_json(content, _EventIds).events
         if not events:
@@ -310,15 +332,17 @@ def stream_anchor(filter_params: Params, history: int) -> Call[str]:
             return events[-1].id
         return f"evt_{oldest - 1}_0"
 
-    return Call("GET", "/api/events/history", decode,
-                params={**filter_params, "limit": max(history, 1)})
+    return Call(
+        "GET", "/api/events/history", decode, params={**filter_params, "limit": max(history, 1)}
+    )
 
 
 def event_stats() -> Call[EventStats]:
     return Call("GET", "/api/events/stats", _typed(EventStats))
 
 
-def event_filter_params(session_id: str | None, types: str | Sequence[str] | None,
-                        min_level: str | None) -> Params:
+def event_filter_params(
+    session_id: str | None, types: str | Sequence[str] | None, min_level: str | None
+) -> Params:
     """The query of `/api/events` (and of the matching history request)."""
     return _params(sessionId=session_id, types=types, minLevel=min_level)

@@ -63,14 +63,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _connection_flags(parser: argparse.ArgumentParser, default: Any) -> None:
-    parser.add_argument("--url", default=default,
-                        help="server URL (LOKI_API_URL, default http://127.0.0.1:8420)")
+    parser.add_argument(
+        "--url", default=default, help="server URL (LOKI_API_URL, default http://127.0.0.1:8420)"
+    )
     parser.add_argument("--token", default=default, help="API token (LOKI_API_TOKEN)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Talk to a running Loki API server "
-                     "('loki serve' starts one).")
+    parser = _Parser(
+        prog=PROG, description="Talk to a running Loki API server ('loki serve' starts one)."
+    )
     _connection_flags(parser, None)
     # The flags are accepted after the subcommand too; SUPPRESS keeps the first value.
     common = argparse.ArgumentParser(add_help=False)
@@ -87,21 +89,33 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--dry-run", action="store_true", help="plan without changing files")
     start.add_argument("--verbose", action="store_true", help="verbose session output")
 
-    for name, text in (("stop", "stop a session"), ("pause", "pause a session"),
-                       ("resume", "resume a paused session")):
+    for name, text in (
+        ("stop", "stop a session"),
+        ("pause", "pause a session"),
+        ("resume", "resume a paused session"),
+    ):
         action = commands.add_parser(name, parents=[common], help=text)
         action.add_argument("session_id", metavar="ID")
 
     commands.add_parser("status", parents=[common], help="server status")
 
-    events = commands.add_parser("events", parents=[common],
-                                 help="tail the event stream, one line per event")
+    events = commands.add_parser(
+        "events", parents=[common], help="tail the event stream, one line per event"
+    )
     events.add_argument("--session", help="only events of this session")
     events.add_argument("--types", help="comma list of event types (e.g. task:completed)")
-    events.add_argument("--min-level", choices=("debug", "info", "warn", "error"),
-                        help="lowest log level shown (log:* events only)")
-    events.add_argument("--history", type=int, default=0, metavar="N",
-                        help="first replay the last N matching events")
+    events.add_argument(
+        "--min-level",
+        choices=("debug", "info", "warn", "error"),
+        help="lowest log level shown (log:* events only)",
+    )
+    events.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first replay the last N matching events",
+    )
     events.add_argument("--count", "-n", type=int, metavar="N", help="stop after N events")
     return parser
 
@@ -136,12 +150,22 @@ def _sessions(client: LokiClient, args: argparse.Namespace, out: TextIO, colour:
         return 0
     rows = [("ID", "STATUS", "PROVIDER", "PHASE", "TASKS", "STARTED")]
     for s in listing.sessions:
-        rows.append((s.id, s.status, s.provider, s.current_phase or "-",
-                     f"{s.completed_tasks}/{s.task_count}", s.started_at or "-"))
+        rows.append(
+            (
+                s.id,
+                s.status,
+                s.provider,
+                s.current_phase or "-",
+                f"{s.completed_tasks}/{s.task_count}",
+                s.started_at or "-",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-              .rstrip(), file=out)
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(),
+            file=out,
+        )
     noun = "session" if listing.total == 1 else "sessions"
     print(f"{listing.total} {noun}, {listing.running} running", file=out)
     return 0
@@ -168,13 +192,18 @@ def _status(client: LokiClient, args: argparse.Namespace, out: TextIO, colour: b
     st = client.status()
     providers = [name for name, ok in msgspec.structs.asdict(st.providers).items() if ok]
     print(f"loki-api {st.version} at {client.base_url}, up {st.uptime_formatted}", file=out)
-    print(f"sessions:  {st.sessions.total} total, {st.sessions.running} running, "
-          f"{st.sessions.completed} completed, {st.sessions.failed} failed", file=out)
-    print(f"events:    {st.events.published} published, {st.events.history_size} in history, "
-          f"{st.events.subscribers} subscribers", file=out)
+    print(
+        f"sessions:  {st.sessions.total} total, {st.sessions.running} running, "
+        f"{st.sessions.completed} completed, {st.sessions.failed} failed",
+        file=out,
+    )
+    print(
+        f"events:    {st.events.published} published, {st.events.history_size} in history, "
+        f"{st.events.subscribers} subscribers",
+        file=out,
+    )
     print(f"providers: {', '.join(providers) or 'none found'}", file=out)
-    print(f"system:    {st.system.platform} {st.system.arch}, python {st.system.python}",
-          file=out)
+    print(f"system:    {st.system.platform} {st.system.arch}, python {st.system.python}", file=out)
     return 0
 
 
@@ -183,8 +212,9 @@ def _events(client: LokiClient, args: argparse.Namespace, out: TextIO, colour: b
         print(f"{PROG} events: error: --history must be >= 0 and --count >= 1", file=sys.stderr)
         return 2
     seen = 0
-    with client.events(session_id=args.session, types=args.types, min_level=args.min_level,
-                       history=args.history) as stream:
+    with client.events(
+        session_id=args.session, types=args.types, min_level=args.min_level, history=args.history
+    ) as stream:
         for event in stream:
             print(format_event(event, colour), file=out, flush=True)
             seen += 1
@@ -232,23 +262,30 @@ def summarise(data: Any) -> str:
             phase = f"{data.previous_phase} -> {data.phase}" if data.previous_phase else data.phase
             return _join([phase, _percent(data.progress)])
         case TaskEventData():
-            return _join([data.title, f"[{data.status}]", _percent(data.progress),
-                          data.error or ""])
+            return _join(
+                [data.title, f"[{data.status}]", _percent(data.progress), data.error or ""]
+            )
         case AgentEventData():
-            return _join([f"{data.type} agent {data.agent_id}",
-                          f"({data.model})" if data.model else "", data.task or "",
-                          _one_line(data.output)])
+            return _join(
+                [
+                    f"{data.type} agent {data.agent_id}",
+                    f"({data.model})" if data.model else "",
+                    data.task or "",
+                    _one_line(data.output),
+                ]
+            )
         case LogEventData():
             return _join([f"[{data.source}]" if data.source else "", _one_line(data.message)])
         case MetricsEventData():
             fields = msgspec.structs.asdict(data)
-            return _join([f"{name}={value}" for name, value in fields.items()
-                          if value is not None])
+            return _join([f"{name}={value}" for name, value in fields.items() if value is not None])
         case InputEventData():
             return _join(["input requested:", _one_line(data.prompt)])
         case HeartbeatEventData():
-            return (f"up {data.uptime:.0f}s, {data.active_agents} agents, "
-                    f"{data.queued_tasks} queued tasks")
+            return (
+                f"up {data.uptime:.0f}s, {data.active_agents} agents, "
+                f"{data.queued_tasks} queued tasks"
+            )
         case _:
             return _one_line(msgspec.json.encode(data).decode())
 

@@ -63,8 +63,9 @@ class LokiClient:
 
     def _send(self, call: Call[T]) -> T:
         try:
-            response = self._http.request(call.method, call.path, params=call.params,
-                                          json=call.json)
+            response = self._http.request(
+                call.method, call.path, params=call.params, json=call.json
+            )
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _base.translate_http_error(exc, self.base_url) from exc
         return call.result(response)
@@ -78,8 +79,12 @@ class LokiClient:
     def __enter__(self) -> LokiClient:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     # ------------------------------------------------------------ health & status
@@ -94,8 +99,12 @@ class LokiClient:
 
     # ------------------------------------------------------------------ sessions
 
-    def start_session(self, prd_path: str | os.PathLike[str] | None = None,
-                      provider: str = "claude", **options: Any) -> SessionActionResponse:
+    def start_session(
+        self,
+        prd_path: str | os.PathLike[str] | None = None,
+        provider: str = "claude",
+        **options: Any,
+    ) -> SessionActionResponse:
         """Start a session. `options`: `dry_run`, `verbose`, `timeout`.
 
         Raises `SessionAlreadyRunning` at the server's session limit and
@@ -103,8 +112,9 @@ class LokiClient:
         """
         return self._send(_base.start_session(prd_path, provider, options))
 
-    def list_sessions(self, status: str | None = None, limit: int | None = None,
-                      offset: int | None = None) -> SessionList:
+    def list_sessions(
+        self, status: str | None = None, limit: int | None = None, offset: int | None = None
+    ) -> SessionList:
         """Sessions, optionally only those with `status`, a page at a time."""
         return self._send(_base.list_sessions(status, limit, offset))
 
@@ -124,8 +134,9 @@ class LokiClient:
         """Resume a paused session; `Conflict` if it is not paused."""
         return self._send(_base.session_action(session_id, "resume"))
 
-    def inject_input(self, session_id: str, text: str,
-                     context: str | None = None) -> SessionActionResponse:
+    def inject_input(
+        self, session_id: str, text: str, context: str | None = None
+    ) -> SessionActionResponse:
         """Send human input to a session."""
         return self._send(_base.inject_input(session_id, text, context))
 
@@ -135,8 +146,13 @@ class LokiClient:
 
     # --------------------------------------------------------------------- tasks
 
-    def get_tasks(self, session_id: str, status: str | None = None, limit: int | None = None,
-                  offset: int | None = None) -> SessionTaskList:
+    def get_tasks(
+        self,
+        session_id: str,
+        status: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> SessionTaskList:
         """One session's tasks, with pagination and a summary of counts."""
         return self._send(_base.get_tasks(session_id, status, limit, offset))
 
@@ -144,8 +160,9 @@ class LokiClient:
         """One task of a session; `NotFound` if unknown."""
         return self._send(_base.get_task(session_id, task_id))
 
-    def list_tasks(self, status: str | None = None, limit: int | None = None,
-                   offset: int | None = None) -> TaskList:
+    def list_tasks(
+        self, status: str | None = None, limit: int | None = None, offset: int | None = None
+    ) -> TaskList:
         """Tasks of all sessions, newest first."""
         return self._send(_base.list_tasks(status, limit, offset))
 
@@ -159,9 +176,14 @@ class LokiClient:
 
     # -------------------------------------------------------------------- events
 
-    def event_history(self, session_id: str | None = None,
-                      types: str | Sequence[str] | None = None, min_level: str | None = None,
-                      limit: int | None = None, after: str | None = None) -> list[Event]:
+    def event_history(
+        self,
+        session_id: str | None = None,
+        types: str | Sequence[str] | None = None,
+        min_level: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> list[Event]:
         """Events the server still holds, oldest first, with typed `data`.
 
         `types` is a list (or comma list) of exact type names; `min_level` applies
@@ -174,10 +196,16 @@ class LokiClient:
         """Subscriber count and publish/delivery counters of the event bus."""
         return self._send(_base.event_stats())
 
-    def events(self, session_id: str | None = None, types: str | Sequence[str] | None = None,
-               min_level: str | None = None, history: int = 0, *,
-               reconnect_delay: float | None = None,
-               max_retries: int | None = None) -> EventStream:
+    def events(
+        self,
+        session_id: str | None = None,
+        types: str | Sequence[str] | None = None,
+        min_level: str | None = None,
+        history: int = 0,
+        *,
+        reconnect_delay: float | None = None,
+        max_retries: int | None = None,
+    ) -> EventStream:
         """Live events as typed `Event`s, reconnecting by itself with `Last-Event-ID`.
 
         `history=N` first replays the last N matching events. No event is yielded
@@ -187,6 +215,12 @@ class LokiClient:
         Nothing is sent until iteration starts. Use as `for event in
         client.events():` or `with client.events() as stream:`.
         """
-        return EventStream(self._http, self._send, self.base_url,
-                           _base.event_filter_params(session_id, types, min_level), history,
-                           reconnect_delay, max_retries)
+        return EventStream(
+            self._http,
+            self._send,
+            self.base_url,
+            _base.event_filter_params(session_id, types, min_level),
+            history,
+            reconnect_delay,
+            max_retries,
+        )

@@ -83,8 +83,10 @@ class LokiApiError(LokiError):
         return f"{self.message} ({self.status} {self.code})"
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(message={self.message!r}, code={self.code!r}, "
-                f"status={self.status!r}, details={self.details!r})")
+        return (
+            f"{type(self).__name__}(message={self.message!r}, code={self.code!r}, "
+            f"status={self.status!r}, details={self.details!r})"
+        )
 
 
 class BadRequest(LokiApiError):
@@ -188,10 +190,19 @@ _BY_STATUS: dict[int, type[LokiApiError]] = {
 }
 
 _CODE_FOR_STATUS: dict[int, str] = {
-    400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED", 409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE",
-    415: "UNSUPPORTED_MEDIA_TYPE", 422: "VALIDATION_ERROR", 429: "RATE_LIMITED",
-    500: "INTERNAL_ERROR", 501: "NOT_IMPLEMENTED", 503: "SERVICE_UNAVAILABLE",
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "VALIDATION_ERROR",
+    429: "RATE_LIMITED",
+    500: "INTERNAL_ERROR",
+    501: "NOT_IMPLEMENTED",
+    503: "SERVICE_UNAVAILABLE",
 }
 
 
@@ -212,6 +223,7 @@ def api_error(
         cls = ServerError if status >= 500 else LokiApiError
     code = code or _CODE_FOR_STATUS.get(status, f"HTTP_{status}")
     if cls is RateLimited:
-        return RateLimited(message, code=code, status=status, details=details,
-                           retry_after=retry_after)
+        return RateLimited(
+            message, code=code, status=status, details=details, retry_after=retry_after
+        )
     return cls(message, code=code, status=status, details=details)

@@ -120,5 +120,6 @@ class SSEDecoder:
         self._data, self._event_type = [], ""
         if not data:
             return None
-        return ServerSentEvent(event=event_type or "message", data="\n".join(data),
-                               id=self.last_event_id)
+        return ServerSentEvent(
+            event=event_type or "message", data="\n".join(data), id=self.last_event_id
+        )

@@ -67,8 +67,13 @@ RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 class _Resume:
     """Where a stream is and what its next connection should ask for."""
 
-    def __init__(self, filter_params: Params, history: int,
-                 reconnect_delay: float | None, max_retries: int | None) -> None:
+    def __init__(
+        self,
+        filter_params: Params,
+        history: int,
+        reconnect_delay: float | None,
+        max_retries: int | None,
+    ) -> None:
         self.filter_params = filter_params
         self.history = history
         self.reconnect_delay = reconnect_delay
@@ -137,8 +142,14 @@ class _Resume:
 
 
 class _StreamBase:
-    def __init__(self, base_url: str, filter_params: Params, history: int,
-                 reconnect_delay: float | None, max_retries: int | None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        filter_params: Params,
+        history: int,
+        reconnect_delay: float | None,
+        max_retries: int | None,
+    ) -> None:
         self._url = base_url
         self._resume = _Resume(filter_params, history, reconnect_delay, max_retries)
 
@@ -156,9 +167,16 @@ class _StreamBase:
 class EventStream(_StreamBase):
     """An iterator of typed `Event`s that reconnects by itself. Also a context manager."""
 
-    def __init__(self, http: httpx.Client, send: Callable[[Call[Any]], Any], base_url: str,
-                 filter_params: Params, history: int, reconnect_delay: float | None,
-                 max_retries: int | None) -> None:
+    def __init__(
+        self,
+        http: httpx.Client,
+        send: Callable[[Call[Any]], Any],
+        base_url: str,
+        filter_params: Params,
+        history: int,
+        reconnect_delay: float | None,
+        max_retries: int | None,
+    ) -> None:
         super().__init__(base_url, filter_params, history, reconnect_delay, max_retries)
         self._send = send
         self._events = _run(http, send, base_url, self._resume)
@@ -180,8 +198,12 @@ class EventStream(_StreamBase):
             self._resume.anchor = self._send(call)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
 
@@ -189,10 +211,16 @@ class AsyncEventStream(_StreamBase):
     """An async iterator of typed `Event`s that reconnects by itself. Also an async
     context manager, which is the way to be sure the connection closes on `break`."""
 
-    def __init__(self, http: httpx.AsyncClient,
-                 send: Callable[[Call[Any]], Coroutine[Any, Any, Any]], base_url: str,
-                 filter_params: Params, history: int, reconnect_delay: float | None,
-                 max_retries: int | None) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        send: Callable[[Call[Any]], Coroutine[Any, Any, Any]],
+        base_url: str,
+        filter_params: Params,
+        history: int,
+        reconnect_delay: float | None,
+        max_retries: int | None,
+    ) -> None:
         super().__init__(base_url, filter_params, history, reconnect_delay, max_retries)
         self._send = send
         self._events = _arun(http, send, base_url, self._resume)
@@ -214,13 +242,18 @@ class AsyncEventStream(_StreamBase):
             self._resume.anchor = await self._send(call)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.aclose()
 
 
-def _run(http: httpx.Client, send: Callable[[Call[Any]], Any], url: str,
-         resume: _Resume) -> Generator[Event, None, None]:
+def _run(
+    http: httpx.Client, send: Callable[[Call[Any]], Any], url: str, resume: _Resume
+) -> Generator[Event, None, None]:
     # A plain function, not a method: a generator holding its stream would keep
     # the pair alive in a cycle, and `break` out of a plain `for` would not close it.
     call = resume.anchor_call()
@@ -229,8 +262,9 @@ def _run(http: httpx.Client, send: Callable[[Call[Any]], Any], url: str,
     while True:
         params, headers = resume.request()
         try:
-            with http.stream("GET", EVENTS_PATH, params=params, headers=headers,
-                             timeout=STREAM_TIMEOUT) as response:
+            with http.stream(
+                "GET", EVENTS_PATH, params=params, headers=headers, timeout=STREAM_TIMEOUT
+            ) as response:
                 if response.status_code != 200:
                     response.read()
                     error = error_from_response(response)
@@ -254,16 +288,21 @@ def _run(http: httpx.Client, send: Callable[[Call[Any]], Any], url: str,
         time.sleep(resume.delay())
 
 
-async def _arun(http: httpx.AsyncClient, send: Callable[[Call[Any]], Coroutine[Any, Any, Any]],
-                url: str, resume: _Resume) -> AsyncGenerator[Event, None]:
+async def _arun(
+    http: httpx.AsyncClient,
+    send: Callable[[Call[Any]], Coroutine[Any, Any, Any]],
+    url: str,
+    resume: _Resume,
+) -> AsyncGenerator[Event, None]:
     call = resume.anchor_call()
     if call is not None:
         resume.anchor = await send(call)
     while True:
         params, headers = resume.request()
         try:
-            async with http.stream("GET", EVENTS_PATH, params=params, headers=headers,
-                                   timeout=STREAM_TIMEOUT) as response:
+            async with http.stream(
+                "GET", EVENTS_PATH, params=params, headers=headers, timeout=STREAM_TIMEOUT
+            ) as response:
                 if response.status_code != 200:
                     await response.aread()
                     error = error_from_response(response)

@@ -41,10 +41,10 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     """The flags every script shares."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--url", help="use this running server instead of starting one")
-    parser.add_argument("--loki-dir", type=Path,
-                        help="the server's --loki-dir (required with --url)")
-    parser.add_argument("--pid", type=int,
-                        help="the server's pid with --url (for /proc readings)")
+    parser.add_argument(
+        "--loki-dir", type=Path, help="the server's --loki-dir (required with --url)"
+    )
+    parser.add_argument("--pid", type=int, help="the server's pid with --url (for /proc readings)")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     parser.add_argument("--runs", type=int, default=3, help="runs to take the median of")
     return parser
@@ -76,8 +76,14 @@ class Server:
     the banner line `  url  http://...`, then for `/health/live` (or `ready_path`).
     """
 
-    def __init__(self, cmd: Sequence[str], loki_dir: Path, env: dict[str, str] | None = None,
-                 ready_path: str = "/health/live", timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        cmd: Sequence[str],
+        loki_dir: Path,
+        env: dict[str, str] | None = None,
+        ready_path: str = "/health/live",
+        timeout: float = 30.0,
+    ) -> None:
         self.cmd = list(cmd)
         self.loki_dir = loki_dir
         self.env = {**os.environ, **(env or {})}
@@ -102,7 +108,10 @@ class Server:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [*self.cmd, "--port", "0", "--loki-dir", str(self.loki_dir)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
         )
         self.pid = self.proc.pid
         deadline = time.monotonic() + self.timeout
@@ -157,8 +166,9 @@ class Server:
             print(f"server log kept: {self.log_path}", file=sys.stderr)
 
     @classmethod
-    def scratch_server(cls, cmd: Sequence[str], tag: str, env: dict[str, str] | None = None,
-                       **kwargs: Any) -> Server:
+    def scratch_server(
+        cls, cmd: Sequence[str], tag: str, env: dict[str, str] | None = None, **kwargs: Any
+    ) -> Server:
         """A server with a fresh `--loki-dir` under a temp dir, removed after a clean exit."""
         scratch = Path(tempfile.mkdtemp(prefix=f"loki-{tag}-"))
         server = cls(cmd, scratch / "project", env=env, **kwargs)
@@ -175,8 +185,9 @@ def load_cli_cmd() -> str:
     return shlex.join([sys.executable, str(LOAD_CLI)])
 
 
-def open_server(args: argparse.Namespace, *extra: str, env: dict[str, str] | None = None,
-                tag: str = "bench") -> Server:
+def open_server(
+    args: argparse.Namespace, *extra: str, env: dict[str, str] | None = None, tag: str = "bench"
+) -> Server:
     """The server under test: `--url` if given, else a fresh one in a temp dir."""
     if args.url:
         return Server.external(args.url, args.loki_dir, args.pid)
@@ -186,8 +197,9 @@ def open_server(args: argparse.Namespace, *extra: str, env: dict[str, str] | Non
 # ------------------------------------------------------------------- HTTP
 
 
-def request(url: str, method: str, path: str, body: Any = None,
-            timeout: float = 10.0) -> tuple[int, Any]:
+def request(
+    url: str, method: str, path: str, body: Any = None, timeout: float = 10.0
+) -> tuple[int, Any]:
     """One HTTP request with the standard library; returns (status, decoded JSON or text)."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
@@ -211,8 +223,7 @@ class Http:
         self.conn.close()
 
 
-def _send(conn: http.client.HTTPConnection, method: str, path: str,
-          body: Any) -> tuple[int, Any]:
+def _send(conn: http.client.HTTPConnection, method: str, path: str, body: Any) -> tuple[int, Any]:
     headers = {}
     data = None
     if body is not None:
@@ -246,8 +257,13 @@ def session_status(url: str, session_id: str) -> str:
     return str(body["session"]["status"])
 
 
-def wait_session(url: str, session_id: str, statuses: Iterable[str],
-                 timeout: float = 60.0, interval: float = 0.02) -> str:
+def wait_session(
+    url: str,
+    session_id: str,
+    statuses: Iterable[str],
+    timeout: float = 60.0,
+    interval: float = 0.02,
+) -> str:
     wanted = set(statuses)
     deadline = time.monotonic() + timeout
     while True:
@@ -281,8 +297,7 @@ class SSEProtocol(asyncio.Protocol):
     completed them. Parsing is left to the caller so it parses only what it needs.
     """
 
-    def __init__(self, request_bytes: bytes,
-                 on_frames: Callable[[bytes, int], None]) -> None:
+    def __init__(self, request_bytes: bytes, on_frames: Callable[[bytes, int], None]) -> None:
         self.request_bytes = request_bytes
         self.on_frames = on_frames
         self.transport: asyncio.Transport | None = None
@@ -308,7 +323,7 @@ class SSEProtocol(asyncio.Protocol):
             end = self._head.find(b"\r\n\r\n")
             if end < 0:
                 return
-            head, data = self._head[:end], self._head[end + 4:]
+            head, data = self._head[:end], self._head[end + 4 :]
             self._head = b""
             self._in_body = True
             lines = head.split(b"\r\n")
@@ -329,8 +344,8 @@ class SSEProtocol(asyncio.Protocol):
         if end < 0:
             self._tail = text
             return
-        self._tail = text[end + 2:]
-        self.on_frames(text[:end + 2], now)
+        self._tail = text[end + 2 :]
+        self.on_frames(text[: end + 2], now)
 
     def _dechunk(self, data: bytes) -> bytes:
         if not (self._cbuf or self._left or self._skip):
@@ -339,14 +354,14 @@ class SSEProtocol(asyncio.Protocol):
             if 0 < eol < 10 and data[0] != 48:  # not the closing "0" chunk
                 end = eol + 2 + int(data[:eol], 16)
                 if len(data) == end + 2:
-                    return data[eol + 2:end]
+                    return data[eol + 2 : end]
         buf = self._cbuf + data if self._cbuf else data
         out = []
         pos, n = 0, len(buf)
         while pos < n:
             if self._left:
                 take = min(self._left, n - pos)
-                out.append(buf[pos:pos + take])
+                out.append(buf[pos : pos + take])
                 pos += take
                 self._left -= take
                 if not self._left:
@@ -381,16 +396,32 @@ class SSEProtocol(asyncio.Protocol):
 
 def sse_request(host: str, port: int, path: str, last_event_id: bytes | None = None) -> bytes:
     extra = b"Last-Event-ID: " + last_event_id + b"\r\n" if last_event_id else b""
-    return (b"GET " + path.encode() + b" HTTP/1.1\r\nHost: " + f"{host}:{port}".encode()
-            + b"\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n" + extra + b"\r\n")
+    return (
+        b"GET "
+        + path.encode()
+        + b" HTTP/1.1\r\nHost: "
+        + f"{host}:{port}".encode()
+        + b"\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n"
+        + extra
+        + b"\r\n"
+    )
 
 
-async def open_sse(host: str, port: int, path: str, on_frames: Callable[[bytes, int], None],
-                   last_event_id: bytes | None = None, timeout: float = 30.0) -> SSEProtocol:
+async def open_sse(
+    host: str,
+    port: int,
+    path: str,
+    on_frames: Callable[[bytes, int], None],
+    last_event_id: bytes | None = None,
+    timeout: float = 30.0,
+) -> SSEProtocol:
     loop = asyncio.get_running_loop()
-    _, protocol = await asyncio.wait_for(loop.create_connection(
-        lambda: SSEProtocol(sse_request(host, port, path, last_event_id), on_frames),
-        host, port), timeout)
+    _, protocol = await asyncio.wait_for(
+        loop.create_connection(
+            lambda: SSEProtocol(sse_request(host, port, path, last_event_id), on_frames), host, port
+        ),
+        timeout,
+    )
     status = await asyncio.wait_for(protocol.opened, timeout)
     if status != 200:
         raise RuntimeError(f"GET {path} answered {status}")
@@ -419,7 +450,7 @@ def rss_kib(pid: int) -> int:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
 
@@ -470,8 +501,10 @@ def machine() -> dict[str, Any]:
 
 def print_table(title: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     rows = [[fmt(cell) for cell in row] for row in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h))
-              for i, h in enumerate(header)]
+    widths = [
+        max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h))
+        for i, h in enumerate(header)
+    ]
     print(f"\n{title}")
     print("  ".join(str(h).rjust(w) for h, w in zip(header, widths, strict=True)))
     for row in rows:
@@ -495,6 +528,7 @@ def fmt(value: Any) -> str:
 def write_json(path: Path | None, name: str, results: Any) -> None:
     if path is None:
         return
-    path.write_text(json.dumps({"benchmark": name, "machine": machine(), "results": results},
-                               indent=2) + "\n")
+    path.write_text(
+        json.dumps({"benchmark": name, "machine": machine(), "results": results}, indent=2) + "\n"
+    )
     print(f"\nwrote {path}")

@@ -38,9 +38,22 @@ class Profiler:
             return False
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [exe, "record", "--pid", str(self.pid), "--rate", str(self.rate), "--format", "raw",
-             "--output", str(self.out), "--nonblocking"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                exe,
+                "record",
+                "--pid",
+                str(self.pid),
+                "--rate",
+                str(self.rate),
+                "--format",
+                "raw",
+                "--output",
+                str(self.out),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         return True
 
     def stop(self) -> None:
@@ -53,8 +66,7 @@ class Profiler:
             self.proc.kill()
             _, err = self.proc.communicate()
         if not self.out.exists():
-            print(f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}",
-                  file=sys.stderr)
+            print(f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}", file=sys.stderr)
         self.proc = None
 
 

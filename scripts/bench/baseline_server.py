@@ -87,11 +87,23 @@ class Baseline:
 
     async def stream(self, receive: Any, send: Any) -> None:
         client = Client(send)
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache")]})
-        await send({"type": "http.response.body", "body": b": connected\nretry: 3000\n\n",
-                    "more_body": True})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                ],
+            }
+        )
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b": connected\nretry: 3000\n\n",
+                "more_body": True,
+            }
+        )
         self.clients.add(client)
 
         async def watch() -> None:
@@ -107,8 +119,9 @@ class Baseline:
                 client.wakeup.clear()
                 if client.pending:
                     frames, client.pending = client.pending, []
-                    await send({"type": "http.response.body", "body": b"".join(frames),
-                                "more_body": True})
+                    await send(
+                        {"type": "http.response.body", "body": b"".join(frames), "more_body": True}
+                    )
         finally:
             self.clients.discard(client)
             watcher.cancel()
@@ -116,8 +129,12 @@ class Baseline:
     async def run_cli(self) -> None:
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.cli, "start", cwd=self.loki_dir, stdout=asyncio.subprocess.PIPE,
-                env={**os.environ, "LOKI_DIR": self.loki_dir, "LOKI_SESSION_ID": "baseline"})
+                *self.cli,
+                "start",
+                cwd=self.loki_dir,
+                stdout=asyncio.subprocess.PIPE,
+                env={**os.environ, "LOKI_DIR": self.loki_dir, "LOKI_SESSION_ID": "baseline"},
+            )
             assert proc.stdout is not None
             rest = b""
             while chunk := await proc.stdout.read(65536):
@@ -144,7 +161,8 @@ class Baseline:
             frames.append(
                 b'id: %s\nevent: log:info\ndata: {"id":"%s","type":"log:info","timestamp":'
                 b'"%s.000Z","sessionId":"session_1732341234567_ab12cd34","data":{"level":'
-                b'"info","message":"%s","source":"stdout"}}\n\n' % (ident, ident, stamp, message))
+                b'"info","message":"%s","source":"stdout"}}\n\n' % (ident, ident, stamp, message)
+            )
         if self.direct:
             self.write_directly(frames)
             return
@@ -176,8 +194,13 @@ class Baseline:
 
 async def reply(send: Any, status: int, body: Any) -> None:
     data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -186,18 +209,27 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--loki-dir", required=True)
     parser.add_argument("--cli", required=True)
-    parser.add_argument("--direct", action="store_true",
-                        help="write to idle streams from the fan-out loop (no task wake-ups)")
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="write to idle streams from the fan-out loop (no task wake-ups)",
+    )
     args = parser.parse_args()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))
     app = Baseline(shlex.split(args.cli), os.path.abspath(args.loki_dir), direct=args.direct)
-    config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on",
-                            log_level="warning", access_log=False, server_header=False,
-                            timeout_graceful_shutdown=2)
-    print(f"baseline SSE server\n  url        http://127.0.0.1:{sock.getsockname()[1]}",
-          flush=True)
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=2,
+    )
+    print(f"baseline SSE server\n  url        http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

@@ -72,8 +72,17 @@ FINISHED = {"completed", "failed", "stopped"}
 class Sub:
     """One subscriber's tally; `on_frames` is the hot path of the client."""
 
-    __slots__ = ("proc", "seen", "uniq", "received", "last_block", "lat", "reconnects",
-                 "done", "paced")
+    __slots__ = (
+        "proc",
+        "seen",
+        "uniq",
+        "received",
+        "last_block",
+        "lat",
+        "reconnects",
+        "done",
+        "paced",
+    )
 
     def __init__(self, proc: ClientProcess, lines: int, paced: bool) -> None:
         self.proc = proc
@@ -95,7 +104,7 @@ class Sub:
             j += 1
         elif block.startswith(b"id: "):
             j = 0
-        return block[j + 4:block.find(b"\n", j)] if j >= 0 else None
+        return block[j + 4 : block.find(b"\n", j)] if j >= 0 else None
 
     def on_frames(self, block: bytes, now: int) -> None:
         found = BENCH.findall(block)
@@ -151,24 +160,29 @@ class ClientProcess:
             if sub.done or self.stopping:
                 return
             sub.reconnects += 1  # cut off as too slow: resume like EventSource does
-            proto = await open_sse(self.host, self.port, self.path, sub.on_frames,
-                                   last_event_id=sub.last_id)
+            proto = await open_sse(
+                self.host, self.port, self.path, sub.on_frames, last_event_id=sub.last_id
+            )
             self.protos[id(sub)] = proto
 
-    async def run(self, conn: Connection, start_timeout: float, idle_timeout: float,
-                  deadline: float) -> dict[str, Any]:
+    async def run(
+        self, conn: Connection, start_timeout: float, idle_timeout: float, deadline: float
+    ) -> dict[str, Any]:
         gate = asyncio.Semaphore(200)
         flags = [asyncio.Event() for _ in self.subs]
-        tasks = [asyncio.create_task(self.follow(sub, flag, gate))
-                 for sub, flag in zip(self.subs, flags, strict=True)]
+        tasks = [
+            asyncio.create_task(self.follow(sub, flag, gate))
+            for sub, flag in zip(self.subs, flags, strict=True)
+        ]
         for flag in flags:
             await asyncio.wait_for(flag.wait(), 120)
         if self.errors:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            raise RuntimeError(f"{len(self.errors)} subscribers failed to connect: "
-                               f"{self.errors[0]}")
+            raise RuntimeError(
+                f"{len(self.errors)} subscribers failed to connect: {self.errors[0]}"
+            )
         conn.send(("ready", len(self.subs)))
         began = time.monotonic()
         cpu_began = time.process_time()
@@ -204,14 +218,16 @@ class ClientProcess:
         }
 
 
-def client_main(conn: Connection, url: str, path: str, subs: int, lines: int, paced: bool,
-                deadline: float) -> None:
+def client_main(
+    conn: Connection, url: str, path: str, subs: int, lines: int, paced: bool, deadline: float
+) -> None:
     raise_fd_limit()
     loop = new_event_loop()
     client = ClientProcess(url, path, subs, lines, paced)
     try:
         result = loop.run_until_complete(
-            client.run(conn, start_timeout=60, idle_timeout=10, deadline=deadline))
+            client.run(conn, start_timeout=60, idle_timeout=10, deadline=deadline)
+        )
         conn.send(("result", result))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the run
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -252,8 +268,9 @@ class Target:
             wait_session(self.server.url, self.session_id, FINISHED, timeout=120)
 
 
-def run_once(target: Target, subs: int, lines: int, rate: float, processes: int,
-             profile: Path | None = None) -> dict[str, Any]:
+def run_once(
+    target: Target, subs: int, lines: int, rate: float, processes: int, profile: Path | None = None
+) -> dict[str, Any]:
     ctx = multiprocessing.get_context("fork")
     processes = max(1, min(processes, subs))
     shares = [subs // processes + (i < subs % processes) for i in range(processes)]
@@ -261,8 +278,10 @@ def run_once(target: Target, subs: int, lines: int, rate: float, processes: int,
     pipes, children = [], []
     for share in shares:
         parent_end, child_end = ctx.Pipe()
-        child = ctx.Process(target=client_main, args=(
-            child_end, target.server.url, target.path, share, lines, rate > 0, deadline))
+        child = ctx.Process(
+            target=client_main,
+            args=(child_end, target.server.url, target.path, share, lines, rate > 0, deadline),
+        )
         child.start()
         pipes.append(parent_end)
         children.append(child)
@@ -300,16 +319,21 @@ def run_once(target: Target, subs: int, lines: int, rate: float, processes: int,
     return summarise(results, subs, lines, rate, cpu_used)
 
 
-def summarise(results: list[dict[str, Any]], subs: int, lines: int, rate: float,
-              cpu_used: float) -> dict[str, Any]:
+def summarise(
+    results: list[dict[str, Any]], subs: int, lines: int, rate: float, cpu_used: float
+) -> dict[str, Any]:
     unique = sum(r["unique"] for r in results)
     received = sum(r["received"] for r in results)
     firsts = [r["first_ns"] for r in results if r["first_ns"]]
     lasts = [r["last_ns"] for r in results if r["last_ns"]]
     span = (max(lasts) - min(firsts)) / 1e9 if firsts else float("nan")
     out: dict[str, Any] = {
-        "subscribers": subs, "lines": lines, "rate": rate,
-        "expected": subs * lines, "unique": unique, "lost": subs * lines - unique,
+        "subscribers": subs,
+        "lines": lines,
+        "rate": rate,
+        "expected": subs * lines,
+        "unique": unique,
+        "lost": subs * lines - unique,
         "duplicates": received - unique,
         "reconnects": sum(r["reconnects"] for r in results),
         "span_s": round(span, 3),
@@ -335,20 +359,25 @@ def summarise(results: list[dict[str, Any]], subs: int, lines: int, rate: float,
 
 def main() -> int:
     parser = base_parser("SSE fan-out throughput and latency (black box).")
-    parser.add_argument("--subscribers", default="100,1000",
-                        help="comma list of subscriber counts")
+    parser.add_argument("--subscribers", default="100,1000", help="comma list of subscriber counts")
     parser.add_argument("--lines", type=int, default=5000, help="lines per burst")
     parser.add_argument("--paced-lines", type=int, default=500, help="lines per paced run")
     parser.add_argument("--rate", type=float, default=50, help="paced lines per second")
     parser.add_argument("--clients", type=int, default=2, help="client processes")
-    parser.add_argument("--targets", default="ours,baseline",
-                        help="servers to measure: ours, baseline (the limit baseline), "
-                             "direct (the baseline writing without task wake-ups)")
+    parser.add_argument(
+        "--targets",
+        default="ours,baseline",
+        help="servers to measure: ours, baseline (the limit baseline), "
+        "direct (the baseline writing without task wake-ups)",
+    )
     parser.add_argument("--no-paced", action="store_true", help="skip the paced latency runs")
     parser.add_argument("--no-burst", action="store_true", help="skip the burst runs")
-    parser.add_argument("--profile", type=Path,
-                        help="py-spy the server during the first burst and paced run at the "
-                             "largest N; raw stacks go to this directory")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the server during the first burst and paced run at the "
+        "largest N; raw stacks go to this directory",
+    )
     args = parser.parse_args()
     check_url_args(args)
     raise_fd_limit()
@@ -360,17 +389,21 @@ def main() -> int:
         servers.append(ours)
         targets.append(Target("ours", ours, OUR_PATH))
     if "baseline" in wanted:
-        baseline = Server.scratch_server([sys.executable, str(HERE / "baseline_server.py"),
-                                          "--cli", load_cli_cmd()], "baseline")
+        baseline = Server.scratch_server(
+            [sys.executable, str(HERE / "baseline_server.py"), "--cli", load_cli_cmd()], "baseline"
+        )
         servers.append(baseline)
         targets.append(Target("baseline", baseline, BASELINE_PATH))
     if "direct" in wanted:
-        direct = Server.scratch_server([sys.executable, str(HERE / "baseline_server.py"),
-                                        "--direct", "--cli", load_cli_cmd()], "direct")
+        direct = Server.scratch_server(
+            [sys.executable, str(HERE / "baseline_server.py"), "--direct", "--cli", load_cli_cmd()],
+            "direct",
+        )
         servers.append(direct)
         targets.append(Target("direct", direct, BASELINE_PATH))
     modes = ([] if args.no_burst else [("burst", args.lines, 0.0)]) + (
-        [] if args.no_paced else [("paced", args.paced_lines, args.rate)])
+        [] if args.no_paced else [("paced", args.paced_lines, args.rate)]
+    )
     runs: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         for server in servers:
@@ -380,17 +413,34 @@ def main() -> int:
                 for run in range(args.runs):
                     for target in targets:
                         profile = None
-                        if (args.profile and run == 0 and target.name == "ours"
-                                and subs == max(counts)):
+                        if (
+                            args.profile
+                            and run == 0
+                            and target.name == "ours"
+                            and subs == max(counts)
+                        ):
                             profile = args.profile / f"fanout-{mode}-{subs}.raw.txt"
                         result = run_once(target, subs, lines, rate, args.clients, profile)
                         result.update(target=target.name, mode=mode, run=run + 1)
                         runs.append(result)
-                        print(f"  {mode:5} {target.name:8} N={subs:<5} run {run + 1}: "
-                              + ", ".join(f"{k}={result[k]}" for k in
-                                          ("events_per_s", "lost", "reconnects", "span_s",
-                                           "server_cpu_s", "client_cpu_s", "p50_ms", "p99_ms")
-                                          if k in result), flush=True)
+                        print(
+                            f"  {mode:5} {target.name:8} N={subs:<5} run {run + 1}: "
+                            + ", ".join(
+                                f"{k}={result[k]}"
+                                for k in (
+                                    "events_per_s",
+                                    "lost",
+                                    "reconnects",
+                                    "span_s",
+                                    "server_cpu_s",
+                                    "client_cpu_s",
+                                    "p50_ms",
+                                    "p99_ms",
+                                )
+                                if k in result
+                            ),
+                            flush=True,
+                        )
     summary = summarise_runs(runs, counts, [t.name for t in targets])
     if args.profile:
         for mode, _, _ in modes:
@@ -404,8 +454,9 @@ def main() -> int:
     return 0
 
 
-def summarise_runs(runs: list[dict[str, Any]], counts: list[int],
-                   targets: list[str]) -> list[dict[str, Any]]:
+def summarise_runs(
+    runs: list[dict[str, Any]], counts: list[int], targets: list[str]
+) -> list[dict[str, Any]]:
     """Medians per (mode, subscribers, target); ours/baseline ratio where both ran."""
     summary: list[dict[str, Any]] = []
     burst_rows, paced_rows = [], []
@@ -414,12 +465,18 @@ def summarise_runs(runs: list[dict[str, Any]], counts: list[int],
             rates: dict[str, float] = {}
             costs: dict[str, float] = {}
             for target in targets:
-                rs = [r for r in runs if r["mode"] == mode and r["subscribers"] == subs
-                      and r["target"] == target]
+                rs = [
+                    r
+                    for r in runs
+                    if r["mode"] == mode and r["subscribers"] == subs and r["target"] == target
+                ]
                 if not rs:
                     continue
                 row: dict[str, Any] = {
-                    "mode": mode, "subscribers": subs, "target": target, "runs": len(rs),
+                    "mode": mode,
+                    "subscribers": subs,
+                    "target": target,
+                    "runs": len(rs),
                     "events_per_s": median(r["events_per_s"] for r in rs),
                     "lost_max": max(r["lost"] for r in rs),
                     "duplicates_max": max(r["duplicates"] for r in rs),
@@ -434,32 +491,80 @@ def summarise_runs(runs: list[dict[str, Any]], counts: list[int],
                     row["p50_ms"] = median(r["p50_ms"] for r in rs)
                     row["p99_ms"] = median(r["p99_ms"] for r in rs)
                     row["max_ms"] = max(r["max_ms"] for r in rs)
-                    paced_rows.append([subs, target, len(rs), row["p50_ms"], row["p99_ms"],
-                                       row["max_ms"], row["lost_max"], row["server_cpu_s"],
-                                       row["client_cpu_s"]])
+                    paced_rows.append(
+                        [
+                            subs,
+                            target,
+                            len(rs),
+                            row["p50_ms"],
+                            row["p99_ms"],
+                            row["max_ms"],
+                            row["lost_max"],
+                            row["server_cpu_s"],
+                            row["client_cpu_s"],
+                        ]
+                    )
                 else:
-                    burst_rows.append([subs, target, len(rs), row["events_per_s"],
-                                       row["lost_max"], row["duplicates_max"],
-                                       row["reconnects_max"], row["server_cpu_s"],
-                                       row["server_us_per_event"]])
+                    burst_rows.append(
+                        [
+                            subs,
+                            target,
+                            len(rs),
+                            row["events_per_s"],
+                            row["lost_max"],
+                            row["duplicates_max"],
+                            row["reconnects_max"],
+                            row["server_cpu_s"],
+                            row["server_us_per_event"],
+                        ]
+                    )
                 summary.append(row)
             if mode == "burst" and "ours" in rates and "baseline" in rates:
                 ratio = round(rates["ours"] / rates["baseline"], 2)
                 # Server CPU per delivered event: the ratio that does not depend on
                 # how fast the clients (sharing the cores) can read.
                 cpu_ratio = round(costs["baseline"] / costs["ours"], 2)
-                summary.append({"mode": "burst", "subscribers": subs,
-                                "ratio_to_baseline": ratio, "cpu_ratio_to_baseline": cpu_ratio})
+                summary.append(
+                    {
+                        "mode": "burst",
+                        "subscribers": subs,
+                        "ratio_to_baseline": ratio,
+                        "cpu_ratio_to_baseline": cpu_ratio,
+                    }
+                )
                 burst_rows.append([subs, "ratio", "", ratio, "", "", "", "", cpu_ratio])
     if burst_rows:
-        print_table("burst fan-out (medians; lost/dup/reconnects: worst run)",
-                    ["subs", "target", "runs", "events/s", "lost", "dup", "reconn",
-                     "srv cpu s", "srv us/event"], burst_rows)
+        print_table(
+            "burst fan-out (medians; lost/dup/reconnects: worst run)",
+            [
+                "subs",
+                "target",
+                "runs",
+                "events/s",
+                "lost",
+                "dup",
+                "reconn",
+                "srv cpu s",
+                "srv us/event",
+            ],
+            burst_rows,
+        )
     if paced_rows:
-        print_table("paced latency (medians of per-run percentiles; max: worst run)",
-                    ["subs", "target", "runs", "p50 ms", "p99 ms", "max ms", "lost",
-                     "srv cpu s", "cli cpu s"],
-                    paced_rows)
+        print_table(
+            "paced latency (medians of per-run percentiles; max: worst run)",
+            [
+                "subs",
+                "target",
+                "runs",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "lost",
+                "srv cpu s",
+                "cli cpu s",
+            ],
+            paced_rows,
+        )
     return summary
 
 

@@ -57,6 +57,7 @@ async def hold(conn: Connection, url: str, path: str, count: int) -> dict[str, A
     def counter(i: int) -> Any:
         def on_frames(block: bytes, now: int) -> None:
             frames[i] += block.count(b"\n\n")
+
         return on_frames
 
     async def one(i: int) -> None:
@@ -86,8 +87,14 @@ def client_main(conn: Connection, url: str, path: str, count: int) -> None:
         loop.close()
 
 
-def measure(server: Server, streams: int, window: float, keepalive: float,
-            processes: int, path: str = "/api/events") -> dict[str, Any]:
+def measure(
+    server: Server,
+    streams: int,
+    window: float,
+    keepalive: float,
+    processes: int,
+    path: str = "/api/events",
+) -> dict[str, Any]:
     pid = server.pid
     time.sleep(1.0)  # let start-up settle
     rss_before = rss_kib(pid) if pid else 0
@@ -164,19 +171,25 @@ def main() -> int:
     parser = base_parser("Idle SSE streams: RSS per stream and keep-alive CPU (black box).")
     parser.add_argument("--streams", default="1000,5000,10000", help="comma list of K")
     parser.add_argument("--window", type=float, default=10.0, help="CPU window seconds")
-    parser.add_argument("--keepalive", type=float, default=1.0,
-                        help="keep-alive interval of the server (set on servers we start)")
+    parser.add_argument(
+        "--keepalive",
+        type=float,
+        default=1.0,
+        help="keep-alive interval of the server (set on servers we start)",
+    )
     parser.add_argument("--clients", type=int, default=2, help="client processes")
-    parser.add_argument("--baseline", action="store_true",
-                        help="also measure RSS per stream of the minimal uvicorn SSE app "
-                             "(baseline_server.py, no keep-alives) for comparison")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also measure RSS per stream of the minimal uvicorn SSE app "
+        "(baseline_server.py, no keep-alives) for comparison",
+    )
     args = parser.parse_args()
     check_url_args(args)
     limit = raise_fd_limit()
     counts = [int(n) for n in args.streams.split(",") if n.strip()]
     if max(counts) + 100 > limit:
-        print(f"warning: open-files limit {limit} is below {max(counts)} streams",
-              file=sys.stderr)
+        print(f"warning: open-files limit {limit} is below {max(counts)} streams", file=sys.stderr)
     results = []
     for streams in counts:
         server = open_server(args, "--keepalive", str(args.keepalive), tag="idle")
@@ -186,24 +199,35 @@ def main() -> int:
             result = measure(server, streams, args.window, args.keepalive, args.clients)
         result["target"] = "ours"
         results.append(result)
-        print(f"  K={streams}: " + ", ".join(f"{k}={v}" for k, v in result.items()
-                                            if k != "streams"), flush=True)
+        print(
+            f"  K={streams}: " + ", ".join(f"{k}={v}" for k, v in result.items() if k != "streams"),
+            flush=True,
+        )
         if args.baseline:
             base = Server.scratch_server(
-                [sys.executable, str(HERE / "baseline_server.py"), "--cli", "true"], "idle-base")
+                [sys.executable, str(HERE / "baseline_server.py"), "--cli", "true"], "idle-base"
+            )
             with base:
                 result = measure(base, streams, 2.0, args.keepalive, args.clients, "/events")
             result.update(target="baseline", cpu_ms_per_round=None, core_pct_at_15s=None)
             results.append(result)
-            print(f"  baseline K={streams}: kib_per_stream={result['kib_per_stream']}",
-                  flush=True)
-    print_table(f"idle streams (keep-alive every {args.keepalive:g} s, window {args.window:g} s)",
-                ["target", "streams", "opened", "KB/stream", "ms CPU/round", "% core @15s",
-                 "pings/stream"],
-                [[r["target"], r["streams"], r["opened"], r["kib_per_stream"],
-                  r["cpu_ms_per_round"] if r["cpu_ms_per_round"] is not None else "-",
-                  r["core_pct_at_15s"] if r["core_pct_at_15s"] is not None else "-",
-                  r["pings_per_stream"]] for r in results])
+            print(f"  baseline K={streams}: kib_per_stream={result['kib_per_stream']}", flush=True)
+    print_table(
+        f"idle streams (keep-alive every {args.keepalive:g} s, window {args.window:g} s)",
+        ["target", "streams", "opened", "KB/stream", "ms CPU/round", "% core @15s", "pings/stream"],
+        [
+            [
+                r["target"],
+                r["streams"],
+                r["opened"],
+                r["kib_per_stream"],
+                r["cpu_ms_per_round"] if r["cpu_ms_per_round"] is not None else "-",
+                r["core_pct_at_15s"] if r["core_pct_at_15s"] is not None else "-",
+                r["pings_per_stream"],
+            ]
+            for r in results
+        ],
+    )
     write_json(args.json, "idle_streams", results)
     return 0
 

@@ -52,15 +52,30 @@ def populate(loki_dir: Path, sessions: int, tasks: int) -> None:
         folder = root / sid
         folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(ms / 1000))
-        items = [{"id": f"task-{j}", "title": f"Task {j} of {sid}",
-                  "description": "Benchmark task: implement the thing, then test it.",
-                  "status": TASK_STATUSES[j % len(TASK_STATUSES)], "priority": j % 3,
-                  "progress": round(j / max(tasks, 1), 2)} for j in range(tasks)]
-        record = {"id": sid, "prdPath": "./prd.md", "provider": "claude",
-                  "status": STATUSES[i % len(STATUSES)], "startedAt": stamp, "updatedAt": stamp,
-                  "pid": None, "currentPhase": "development", "taskCount": tasks,
-                  "completedTasks": sum(t["status"] == "completed" for t in items),
-                  "exitCode": 0}
+        items = [
+            {
+                "id": f"task-{j}",
+                "title": f"Task {j} of {sid}",
+                "description": "Benchmark task: implement the thing, then test it.",
+                "status": TASK_STATUSES[j % len(TASK_STATUSES)],
+                "priority": j % 3,
+                "progress": round(j / max(tasks, 1), 2),
+            }
+            for j in range(tasks)
+        ]
+        record = {
+            "id": sid,
+            "prdPath": "./prd.md",
+            "provider": "claude",
+            "status": STATUSES[i % len(STATUSES)],
+            "startedAt": stamp,
+            "updatedAt": stamp,
+            "pid": None,
+            "currentPhase": "development",
+            "taskCount": tasks,
+            "completedTasks": sum(t["status"] == "completed" for t in items),
+            "exitCode": 0,
+        }
         (folder / "session.json").write_text(json.dumps(record))
         (folder / "tasks.json").write_text(json.dumps({"tasks": items}))
 
@@ -71,7 +86,11 @@ def populate(loki_dir: Path, sessions: int, tasks: int) -> None:
 def run_wrk(url: str, duration: float, connections: int) -> dict[str, Any]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url],
-        capture_output=True, text=True, timeout=duration + 60, check=True).stdout
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+\w+)", out, re.MULTILINE))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -97,10 +116,12 @@ def to_ms(text: str) -> float:
 # --------------------------------------------------- fallback asyncio client
 
 
-async def hammer(host: str, port: int, path: str, duration: float,
-                 connections: int) -> dict[str, Any]:
-    request_bytes = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                     "Accept: application/json\r\n\r\n").encode()
+async def hammer(
+    host: str, port: int, path: str, duration: float, connections: int
+) -> dict[str, Any]:
+    request_bytes = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n\r\n"
+    ).encode()
     latencies: list[int] = []
     errors = 0
     stop_at = time.monotonic() + duration
@@ -129,7 +150,9 @@ async def hammer(host: str, port: int, path: str, duration: float,
         "requests_per_s": round(len(latencies) / elapsed),
         "p50_ms": round(percentile(latencies, 50) / 1e6, 3),
         "p99_ms": round(percentile(latencies, 99) / 1e6, 3),
-        "non_2xx": errors, "socket_errors": None, "tool": "python",
+        "non_2xx": errors,
+        "socket_errors": None,
+        "tool": "python",
     }
 
 
@@ -137,9 +160,17 @@ def hammer_main(conn: Connection, url: str, duration: float, connections: int) -
     parts = urlsplit(url)
     loop = new_event_loop()
     try:
-        conn.send(loop.run_until_complete(hammer(
-            parts.hostname or "127.0.0.1", parts.port or 80,
-            parts.path + (f"?{parts.query}" if parts.query else ""), duration, connections)))
+        conn.send(
+            loop.run_until_complete(
+                hammer(
+                    parts.hostname or "127.0.0.1",
+                    parts.port or 80,
+                    parts.path + (f"?{parts.query}" if parts.query else ""),
+                    duration,
+                    connections,
+                )
+            )
+        )
     finally:
         loop.close()
 
@@ -195,19 +226,35 @@ def main() -> int:
                 runs.append(result)
                 print(f"  {path} run {run + 1}: {result}", flush=True)
             summary = {
-                "path": path, "body_bytes": size, "total": counted, "tool": tool,
-                "connections": args.connections, "duration_s": args.duration,
+                "path": path,
+                "body_bytes": size,
+                "total": counted,
+                "tool": tool,
+                "connections": args.connections,
+                "duration_s": args.duration,
                 "requests_per_s": median(r["requests_per_s"] for r in runs),
                 "p50_ms": median(r["p50_ms"] for r in runs),
                 "p99_ms": median(r["p99_ms"] for r in runs),
                 "non_2xx": sum(r["non_2xx"] for r in runs),
             }
             results.append({"summary": summary, "runs": runs})
-            rows.append([path, counted, size, summary["requests_per_s"], summary["p50_ms"],
-                         summary["p99_ms"], summary["non_2xx"]])
-    print_table(f"REST ({args.sessions} sessions on disk; {tool}, {args.connections} "
-                f"connections, medians of {args.runs} x {args.duration:g} s)",
-                ["path", "total", "bytes", "req/s", "p50 ms", "p99 ms", "non-2xx"], rows)
+            rows.append(
+                [
+                    path,
+                    counted,
+                    size,
+                    summary["requests_per_s"],
+                    summary["p50_ms"],
+                    summary["p99_ms"],
+                    summary["non_2xx"],
+                ]
+            )
+    print_table(
+        f"REST ({args.sessions} sessions on disk; {tool}, {args.connections} "
+        f"connections, medians of {args.runs} x {args.duration:g} s)",
+        ["path", "total", "bytes", "req/s", "p50 ms", "p99 ms", "non-2xx"],
+        rows,
+    )
     write_json(args.json, "rest", results)
     return 0
 

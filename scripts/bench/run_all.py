@@ -27,9 +27,11 @@ HERE = Path(__file__).resolve().parent
 
 # name → (arguments, quick arguments, time limit in seconds)
 BENCHMARKS: dict[str, tuple[list[str], list[str], int]] = {
-    "fanout": (["--targets", "ours,baseline,direct"],
-               ["--subscribers", "100", "--lines", "1000", "--paced-lines", "100",
-                "--runs", "1"], 2000),
+    "fanout": (
+        ["--targets", "ours,baseline,direct"],
+        ["--subscribers", "100", "--lines", "1000", "--paced-lines", "100", "--runs", "1"],
+        2000,
+    ),
     "watcher_latency": ([], ["--writes", "50", "--runs", "1"], 300),
     "idle_streams": (["--baseline"], ["--streams", "1000", "--window", "3"], 1200),
     "rest": ([], ["--duration", "2", "--runs", "1"], 400),
@@ -49,66 +51,137 @@ Check = tuple[str, str, Callable[[dict[str, Any]], Any], Callable[[Any], bool]]
 
 CHECKS: dict[str, list[Check]] = {
     "fanout": [
-        ("burst events/s, 1,000 subscribers", "≥ 130,000",
-         lambda r: find(r["summary"], mode="burst", subscribers=1000,
-                        target="ours").get("events_per_s"), lambda v: v >= 130_000),
-        ("burst events lost, 1,000 subscribers", "0",
-         lambda r: find(r["summary"], mode="burst", subscribers=1000,
-                        target="ours").get("lost_max"), lambda v: v == 0),
-        ("burst ratio to the limit baseline (events/s)", "≥ 0.7",
-         lambda r: next((x["ratio_to_baseline"] for x in r["summary"]
-                         if x.get("subscribers") == 1000 and "ratio_to_baseline" in x), None),
-         lambda v: v >= 0.7),
-        ("burst server-CPU ratio to the baseline (µs/event)", "(info)",
-         lambda r: next((x["cpu_ratio_to_baseline"] for x in r["summary"]
-                         if x.get("subscribers") == 1000 and "cpu_ratio_to_baseline" in x),
-                        None), lambda v: True),
-        ("paced p50 ms, 1,000 subscribers, 50 lines/s", "≤ 4",
-         lambda r: find(r["summary"], mode="paced", subscribers=1000,
-                        target="ours").get("p50_ms"), lambda v: v <= 4),
-        ("paced p99 ms, 1,000 subscribers, 50 lines/s", "≤ 30",
-         lambda r: find(r["summary"], mode="paced", subscribers=1000,
-                        target="ours").get("p99_ms"), lambda v: v <= 30),
-        ("paced p50 ms of the direct-write floor (same clients, same run)", "(info)",
-         lambda r: find(r["summary"], mode="paced", subscribers=1000,
-                        target="direct").get("p50_ms"), lambda v: True),
+        (
+            "burst events/s, 1,000 subscribers",
+            "≥ 130,000",
+            lambda r: find(r["summary"], mode="burst", subscribers=1000, target="ours").get(
+                "events_per_s"
+            ),
+            lambda v: v >= 130_000,
+        ),
+        (
+            "burst events lost, 1,000 subscribers",
+            "0",
+            lambda r: find(r["summary"], mode="burst", subscribers=1000, target="ours").get(
+                "lost_max"
+            ),
+            lambda v: v == 0,
+        ),
+        (
+            "burst ratio to the limit baseline (events/s)",
+            "≥ 0.7",
+            lambda r: next(
+                (
+                    x["ratio_to_baseline"]
+                    for x in r["summary"]
+                    if x.get("subscribers") == 1000 and "ratio_to_baseline" in x
+                ),
+                None,
+            ),
+            lambda v: v >= 0.7,
+        ),
+        (
+            "burst server-CPU ratio to the baseline (µs/event)",
+            "(info)",
+            lambda r: next(
+                (
+                    x["cpu_ratio_to_baseline"]
+                    for x in r["summary"]
+                    if x.get("subscribers") == 1000 and "cpu_ratio_to_baseline" in x
+                ),
+                None,
+            ),
+            lambda v: True,
+        ),
+        (
+            "paced p50 ms, 1,000 subscribers, 50 lines/s",
+            "≤ 4",
+            lambda r: find(r["summary"], mode="paced", subscribers=1000, target="ours").get(
+                "p50_ms"
+            ),
+            lambda v: v <= 4,
+        ),
+        (
+            "paced p99 ms, 1,000 subscribers, 50 lines/s",
+            "≤ 30",
+            lambda r: find(r["summary"], mode="paced", subscribers=1000, target="ours").get(
+                "p99_ms"
+            ),
+            lambda v: v <= 30,
+        ),
+        (
+            "paced p50 ms of the direct-write floor (same clients, same run)",
+            "(info)",
+            lambda r: find(r["summary"], mode="paced", subscribers=1000, target="direct").get(
+                "p50_ms"
+            ),
+            lambda v: True,
+        ),
     ],
     "watcher_latency": [
         ("watcher p50 ms", "≤ 10", lambda r: r["summary"]["p50_ms"], lambda v: v <= 10),
         ("watcher p99 ms", "≤ 50", lambda r: r["summary"]["p99_ms"], lambda v: v <= 50),
     ],
     "idle_streams": [
-        ("KB per idle stream at 10,000 streams", "≤ 20",
-         lambda r: find(r, streams=10000, target="ours").get("kib_per_stream"),
-         lambda v: v <= 20),
-        ("keep-alive CPU at 5,000 streams (% of a core, 15 s interval)", "< 2",
-         lambda r: find(r, streams=5000, target="ours").get("core_pct_at_15s"),
-         lambda v: v < 2),
+        (
+            "KB per idle stream at 10,000 streams",
+            "≤ 20",
+            lambda r: find(r, streams=10000, target="ours").get("kib_per_stream"),
+            lambda v: v <= 20,
+        ),
+        (
+            "keep-alive CPU at 5,000 streams (% of a core, 15 s interval)",
+            "< 2",
+            lambda r: find(r, streams=5000, target="ours").get("core_pct_at_15s"),
+            lambda v: v < 2,
+        ),
     ],
     "rest": [
-        ("GET /api/sessions req/s, 500 sessions", "≥ 3,000",
-         lambda r: next((x["summary"]["requests_per_s"] for x in r
-                         if x["summary"]["path"] == "/api/sessions"), None),
-         lambda v: v >= 3000),
-        ("GET /api/tasks req/s, 500 sessions", "(info)",
-         lambda r: next((x["summary"]["requests_per_s"] for x in r
-                         if x["summary"]["path"] == "/api/tasks"), None), lambda v: True),
+        (
+            "GET /api/sessions req/s, 500 sessions",
+            "≥ 3,000",
+            lambda r: next(
+                (
+                    x["summary"]["requests_per_s"]
+                    for x in r
+                    if x["summary"]["path"] == "/api/sessions"
+                ),
+                None,
+            ),
+            lambda v: v >= 3000,
+        ),
+        (
+            "GET /api/tasks req/s, 500 sessions",
+            "(info)",
+            lambda r: next(
+                (x["summary"]["requests_per_s"] for x in r if x["summary"]["path"] == "/api/tasks"),
+                None,
+            ),
+            lambda v: True,
+        ),
     ],
     "stop_latency": [
-        ("stop answered, p99 ms", "≤ 50", lambda r: r["summary"]["answer_p99_ms"],
-         lambda v: v <= 50),
+        (
+            "stop answered, p99 ms",
+            "≤ 50",
+            lambda r: r["summary"]["answer_p99_ms"],
+            lambda v: v <= 50,
+        ),
     ],
     "send_floor": [
-        ("kernel floor: ms to send one frame to 1,000 loopback sockets (p50)", "(info)",
-         lambda r: r["round_p50_ms"] if r["subscribers"] == 1000 else None, lambda v: True),
+        (
+            "kernel floor: ms to send one frame to 1,000 loopback sockets (p50)",
+            "(info)",
+            lambda r: r["round_p50_ms"] if r["subscribers"] == 1000 else None,
+            lambda v: True,
+        ),
     ],
 }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path,
-                        default=Path(".bench") / time.strftime("%Y%m%d-%H%M%S"))
+    parser.add_argument("--out", type=Path, default=Path(".bench") / time.strftime("%Y%m%d-%H%M%S"))
     parser.add_argument("--only", help="comma list of benchmarks: " + ", ".join(BENCHMARKS))
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     parser.add_argument("--profile", action="store_true", help="py-spy the fan-out burst")
@@ -124,8 +197,13 @@ def main() -> int:
         extra = list(quick if args.quick else full)
         if name == "fanout" and args.profile:
             extra += ["--profile", str(args.out / "profile")]
-        cmd = [sys.executable, str(HERE / f"{name}.py"), "--json",
-               str(args.out / f"{name}.json"), *extra]
+        cmd = [
+            sys.executable,
+            str(HERE / f"{name}.py"),
+            "--json",
+            str(args.out / f"{name}.json"),
+            *extra,
+        ]
         print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
         began = time.monotonic()
         try:
@@ -144,10 +222,14 @@ def main() -> int:
 
 def summarise(out: Path, names: list[str]) -> str:
     info = machine()
-    lines = [f"Measured {info['date']} on {info['nproc']} cores ({info['cpu']}), "
-             f"Python {info['python']}, load average at the end "
-             f"{', '.join(f'{x:.2f}' for x in info['loadavg'])}.", "",
-             "| benchmark | measured | target | met |", "|---|---|---|---|"]
+    lines = [
+        f"Measured {info['date']} on {info['nproc']} cores ({info['cpu']}), "
+        f"Python {info['python']}, load average at the end "
+        f"{', '.join(f'{x:.2f}' for x in info['loadavg'])}.",
+        "",
+        "| benchmark | measured | target | met |",
+        "|---|---|---|---|",
+    ]
     for name in names:
         path = out / f"{name}.json"
         results = json.loads(path.read_text())["results"] if path.exists() else None

@@ -36,8 +36,9 @@ def reader(port: int, count: int, ready: Event, done: Event) -> None:
 
     async def hold() -> None:
         loop = asyncio.get_running_loop()
-        transports = [(await loop.create_connection(Discard, "127.0.0.1", port))[0]
-                      for _ in range(count)]
+        transports = [
+            (await loop.create_connection(Discard, "127.0.0.1", port))[0] for _ in range(count)
+        ]
         ready.set()
         while not done.is_set():
             await asyncio.sleep(0.1)
@@ -64,8 +65,9 @@ def main() -> int:
     listener.listen(4096)
     ctx = multiprocessing.get_context("fork")
     ready, done = ctx.Event(), ctx.Event()
-    child = ctx.Process(target=reader, args=(listener.getsockname()[1], args.subscribers,
-                                             ready, done))
+    child = ctx.Process(
+        target=reader, args=(listener.getsockname()[1], args.subscribers, ready, done)
+    )
     child.start()
     conns = []
     try:
@@ -91,16 +93,25 @@ def main() -> int:
         listener.close()
     rounds.sort()
     result = {
-        "subscribers": args.subscribers, "rounds": args.rounds,
+        "subscribers": args.subscribers,
+        "rounds": args.rounds,
         "frame_bytes": args.frame_bytes,
         "round_p50_ms": round(statistics.median(rounds), 2),
         "round_p99_ms": round(percentile(rounds, 99), 2),
         "us_per_send": round(statistics.median(rounds) * 1000 / args.subscribers, 2),
     }
-    print_table("kernel floor: one loopback send per subscriber per line",
-                ["subscribers", "round p50 ms", "round p99 ms", "µs per send"],
-                [[result["subscribers"], result["round_p50_ms"], result["round_p99_ms"],
-                  result["us_per_send"]]])
+    print_table(
+        "kernel floor: one loopback send per subscriber per line",
+        ["subscribers", "round p50 ms", "round p99 ms", "µs per send"],
+        [
+            [
+                result["subscribers"],
+                result["round_p50_ms"],
+                result["round_p99_ms"],
+                result["us_per_send"],
+            ]
+        ],
+    )
     write_json(args.json, "send_floor", result)
     return 0
 

@@ -37,8 +37,15 @@ def main() -> int:
     parser.set_defaults(runs=20)
     args = parser.parse_args()
     check_url_args(args)
-    server = open_server(args, "--cli", load_cli_cmd(), "--max-sessions", "1",
-                         env={"BENCH_MODE": "hold", "BENCH_HOLD_MAX": "120"}, tag="stop")
+    server = open_server(
+        args,
+        "--cli",
+        load_cli_cmd(),
+        "--max-sessions",
+        "1",
+        env={"BENCH_MODE": "hold", "BENCH_HOLD_MAX": "120"},
+        tag="stop",
+    )
     answers, finals, results = [], [], []
     with server:
         http = Http(server.url)
@@ -51,16 +58,26 @@ def main() -> int:
                 answered = time.perf_counter() - began
                 if status != 200:
                     raise SystemExit(f"stop answered {status}: {body}")
-                final = wait_session(server.url, sid, {"stopped", "failed", "completed"},
-                                     timeout=60, interval=0.005)
+                final = wait_session(
+                    server.url, sid, {"stopped", "failed", "completed"}, timeout=60, interval=0.005
+                )
                 ended = time.perf_counter() - began
                 answers.append(answered * 1000)
                 finals.append(ended * 1000)
-                results.append({"run": run + 1, "session": sid,
-                                "answer_ms": round(answered * 1000, 2), "final_status": final,
-                                "until_final_ms": round(ended * 1000, 1)})
-                print(f"  {sid}: answered in {answered * 1000:.2f} ms, {final} after "
-                      f"{ended * 1000:.1f} ms", flush=True)
+                results.append(
+                    {
+                        "run": run + 1,
+                        "session": sid,
+                        "answer_ms": round(answered * 1000, 2),
+                        "final_status": final,
+                        "until_final_ms": round(ended * 1000, 1),
+                    }
+                )
+                print(
+                    f"  {sid}: answered in {answered * 1000:.2f} ms, {final} after "
+                    f"{ended * 1000:.1f} ms",
+                    flush=True,
+                )
         finally:
             http.close()
     answers.sort()
@@ -74,11 +91,27 @@ def main() -> int:
         "until_final_max_ms": round(finals[-1], 1),
         "final_statuses": sorted({r["final_status"] for r in results}),
     }
-    print_table("stop latency", ["sessions", "answer p50 ms", "answer p99 ms", "answer max ms",
-                                 "→ final p50 ms", "→ final max ms"],
-                [[summary["sessions"], summary["answer_p50_ms"], summary["answer_p99_ms"],
-                  summary["answer_max_ms"], summary["until_final_p50_ms"],
-                  summary["until_final_max_ms"]]])
+    print_table(
+        "stop latency",
+        [
+            "sessions",
+            "answer p50 ms",
+            "answer p99 ms",
+            "answer max ms",
+            "→ final p50 ms",
+            "→ final max ms",
+        ],
+        [
+            [
+                summary["sessions"],
+                summary["answer_p50_ms"],
+                summary["answer_p99_ms"],
+                summary["answer_max_ms"],
+                summary["until_final_p50_ms"],
+                summary["until_final_max_ms"],
+            ]
+        ],
+    )
     write_json(args.json, "stop_latency", {"summary": summary, "runs": results})
     return 0
 

@@ -50,16 +50,30 @@ def prepare(loki_dir: Path) -> None:
     folder = session_dir(loki_dir)
     folder.mkdir(parents=True, exist_ok=True)
     now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
-    record = {"id": SESSION, "prdPath": None, "provider": "claude", "status": "completed",
-              "startedAt": now, "updatedAt": now, "pid": None, "currentPhase": None,
-              "taskCount": 1, "completedTasks": 0, "exitCode": 0}
+    record = {
+        "id": SESSION,
+        "prdPath": None,
+        "provider": "claude",
+        "status": "completed",
+        "startedAt": now,
+        "updatedAt": now,
+        "pid": None,
+        "currentPhase": None,
+        "taskCount": 1,
+        "completedTasks": 0,
+        "exitCode": 0,
+    }
     (folder / "session.json").write_text(json.dumps(record))
     (folder / "tasks.json").write_text(json.dumps({"tasks": [task(0.0)]}))
 
 
 def task(progress: float, status: str = "running") -> dict[str, Any]:
-    return {"id": "bench-1", "title": "watcher latency probe", "status": status,
-            "progress": progress}
+    return {
+        "id": "bench-1",
+        "title": "watcher latency probe",
+        "status": status,
+        "progress": progress,
+    }
 
 
 def write(path: Path, data: bytes, atomic: bool) -> None:
@@ -108,8 +122,12 @@ class Probe:
 async def run(url: str, loki_dir: Path, writes: int, runs: int, gap: float) -> list[dict]:
     parts = urlsplit(url)
     probe = Probe()
-    proto = await open_sse(parts.hostname or "127.0.0.1", parts.port or 80,
-                           f"/api/events?sessionId={SESSION}&types={TYPES}", probe.on_frames)
+    proto = await open_sse(
+        parts.hostname or "127.0.0.1",
+        parts.port or 80,
+        f"/api/events?sessionId={SESSION}&types={TYPES}",
+        probe.on_frames,
+    )
     path = session_dir(loki_dir) / "tasks.json"
     counter = 0
     results = []
@@ -140,15 +158,22 @@ async def run(url: str, loki_dir: Path, writes: int, runs: int, gap: float) -> l
                     latencies.append((arrived - started) / 1e6)
                 await asyncio.sleep(gap)
             latencies.sort()
-            results.append({
-                "run": run_no + 1, "writes": writes, "missed": missed,
-                "p50_ms": round(percentile(latencies, 50), 2),
-                "p99_ms": round(percentile(latencies, 99), 2),
-                "max_ms": round(latencies[-1], 2) if latencies else None,
-                "latencies_ms": [round(v, 3) for v in latencies],
-            })
-            print(f"  run {run_no + 1}: p50={results[-1]['p50_ms']} ms "
-                  f"p99={results[-1]['p99_ms']} ms missed={missed}", flush=True)
+            results.append(
+                {
+                    "run": run_no + 1,
+                    "writes": writes,
+                    "missed": missed,
+                    "p50_ms": round(percentile(latencies, 50), 2),
+                    "p99_ms": round(percentile(latencies, 99), 2),
+                    "max_ms": round(latencies[-1], 2) if latencies else None,
+                    "latencies_ms": [round(v, 3) for v in latencies],
+                }
+            )
+            print(
+                f"  run {run_no + 1}: p50={results[-1]['p50_ms']} ms "
+                f"p99={results[-1]['p99_ms']} ms missed={missed}",
+                flush=True,
+            )
     finally:
         proto.close()
     return results
@@ -166,12 +191,14 @@ def main() -> int:
     with server:
         try:
             results = loop.run_until_complete(
-                run(server.url, server.loki_dir, args.writes, args.runs, args.gap_ms / 1000))
+                run(server.url, server.loki_dir, args.writes, args.runs, args.gap_ms / 1000)
+            )
         finally:
             loop.close()
     pooled = sorted(v for r in results for v in r["latencies_ms"])
     summary = {
-        "runs": len(results), "writes": sum(r["writes"] for r in results),
+        "runs": len(results),
+        "writes": sum(r["writes"] for r in results),
         "missed": sum(r["missed"] for r in results),
         "p50_ms": median(r["p50_ms"] for r in results),
         "p99_ms": median(r["p99_ms"] for r in results),
@@ -179,10 +206,21 @@ def main() -> int:
         "pooled_p99_ms": round(percentile(pooled, 99), 2),
         "max_ms": pooled[-1] if pooled else None,
     }
-    print_table("watcher latency (write → SSE event)",
-                ["runs", "writes", "missed", "p50 ms", "p99 ms", "pooled p99", "max ms"],
-                [[summary["runs"], summary["writes"], summary["missed"], summary["p50_ms"],
-                  summary["p99_ms"], summary["pooled_p99_ms"], summary["max_ms"]]])
+    print_table(
+        "watcher latency (write → SSE event)",
+        ["runs", "writes", "missed", "p50 ms", "p99 ms", "pooled p99", "max ms"],
+        [
+            [
+                summary["runs"],
+                summary["writes"],
+                summary["missed"],
+                summary["p50_ms"],
+                summary["p99_ms"],
+                summary["pooled_p99_ms"],
+                summary["max_ms"],
+            ]
+        ],
+    )
     write_json(args.json, "watcher_latency", {"summary": summary, "runs": results})
     return 0
 

@@ -30,8 +30,9 @@ def runtime_of(request: Request) -> Runtime:
 def parse_filter(request: Request) -> EventFilter:
     params = request.query_params
     try:
-        return EventFilter.parse(params.get("sessionId"), params.get("types"),
-                                 params.get("minLevel"))
+        return EventFilter.parse(
+            params.get("sessionId"), params.get("types"), params.get("minLevel")
+        )
     except FilterError as exc:
         raise BadRequest(str(exc)) from None
 
@@ -95,8 +96,7 @@ class EventStreamApp:
                 return
             stream = await stream_events(request)
         except ApiError as exc:
-            response = error_response(exc.status, exc.message, exc.code, exc.details,
-                                      exc.headers)
+            response = error_response(exc.status, exc.message, exc.code, exc.details, exc.headers)
             response.raw_headers.extend(headers)
             await response(scope, receive, send)
             return
@@ -108,10 +108,10 @@ class EventStreamApp:
         origin = Headers(scope=scope).get("origin")
         if self.cors is None or origin is None or not self.cors.is_allowed_origin(origin):
             return []
-        headers = [(b"access-control-allow-origin", origin.encode("latin-1")),
-                   (b"vary", b"Origin")]
-        headers.extend((k.encode("latin-1"), v.encode("latin-1"))
-                       for k, v in self.cors.simple_headers.items())
+        headers = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+        headers.extend(
+            (k.encode("latin-1"), v.encode("latin-1")) for k, v in self.cors.simple_headers.items()
+        )
         return headers
 
 
@@ -128,11 +128,16 @@ async def event_history(request: Request) -> Response:
 
 async def event_stats(request: Request) -> Response:
     bus = runtime_of(request).bus
-    return json_response(EventStats(
-        subscribers=bus.subscriber_count, history_size=bus.history_size,
-        published=bus.published, delivered=bus.delivered, dropped=bus.dropped,
-        by_type=dict(bus.by_type),
-    ))
+    return json_response(
+        EventStats(
+            subscribers=bus.subscriber_count,
+            history_size=bus.history_size,
+            published=bus.published,
+            delivered=bus.delivered,
+            dropped=bus.dropped,
+            by_type=dict(bus.by_type),
+        )
+    )
 
 
 routes = [

@@ -36,9 +36,14 @@ async def health(request: Request) -> Response:
     status = "unhealthy" if failing else "healthy"
     if not failing and runtime.cli_problem() is not None:
         status = "degraded"  # serving, but cannot start sessions
-    body = Health(status=status, version=__version__, uptime=round(runtime.uptime, 3),
-                  providers=runtime.providers.get(), active_session=runtime.active_session(),
-                  cli=runtime.cli_description())
+    body = Health(
+        status=status,
+        version=__version__,
+        uptime=round(runtime.uptime, 3),
+        providers=runtime.providers.get(),
+        active_session=runtime.active_session(),
+        cli=runtime.cli_description(),
+    )
     return json_response(body, status=503 if status == "unhealthy" else 200)
 
 
@@ -55,17 +60,23 @@ async def live(request: Request) -> Response:
 async def status(request: Request) -> Response:
     runtime = runtime_of(request)
     bus = runtime.bus
-    return json_response(Status(
-        version=__version__,
-        uptime=round(runtime.uptime, 3),
-        uptime_formatted=format_uptime(runtime.uptime),
-        providers=runtime.providers.get(),
-        sessions=runtime.session_counts(),
-        events=EventCounts(subscribers=bus.subscriber_count, history_size=bus.history_size,
-                           published=bus.published),
-        system=SystemInfo(platform=sys.platform, arch=platform.machine(),
-                          python=platform.python_version()),
-    ))
+    return json_response(
+        Status(
+            version=__version__,
+            uptime=round(runtime.uptime, 3),
+            uptime_formatted=format_uptime(runtime.uptime),
+            providers=runtime.providers.get(),
+            sessions=runtime.session_counts(),
+            events=EventCounts(
+                subscribers=bus.subscriber_count,
+                history_size=bus.history_size,
+                published=bus.published,
+            ),
+            system=SystemInfo(
+                platform=sys.platform, arch=platform.machine(), python=platform.python_version()
+            ),
+        )
+    )
 
 
 routes = [

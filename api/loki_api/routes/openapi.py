@@ -33,7 +33,8 @@ def spec_text() -> str:
     raise ApiError(
         "OpenAPI document not found: neither loki_api/openapi.yaml (installed package) "
         f"nor {CHECKOUT_SPEC} (source checkout) exists",
-        status=500, code="INTERNAL_ERROR",
+        status=500,
+        code="INTERNAL_ERROR",
     )
 
 

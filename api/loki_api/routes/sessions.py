@@ -51,8 +51,11 @@ def session_of(request: Request) -> SessionState:
     session_id: str = request.path_params["session_id"]
     state = store_of(request).get(session_id) if valid_session_id(session_id) else None
     if state is None:
-        raise NotFound(f"Session not found: {session_id}", code="SESSION_NOT_FOUND",
-                       details={"sessionId": session_id})
+        raise NotFound(
+            f"Session not found: {session_id}",
+            code="SESSION_NOT_FOUND",
+            details={"sessionId": session_id},
+        )
     return state
 
 
@@ -83,8 +86,9 @@ def resolve_prd(loki_dir: Path, prd_path: str) -> Path:
     except OSError:
         exists = False
     if not exists:
-        raise ValidationFailed(f"PRD file not found: {prd_path}",
-                               details={"field": "prdPath", "prdPath": prd_path})
+        raise ValidationFailed(
+            f"PRD file not found: {prd_path}", details={"field": "prdPath", "prdPath": prd_path}
+        )
     return path
 
 
@@ -93,21 +97,33 @@ async def start_session(request: Request) -> Response:
     if body.provider not in PROVIDERS:
         raise ValidationFailed(
             f"Invalid provider: {body.provider} (expected one of {', '.join(PROVIDERS)})",
-            details={"field": "provider", "allowed": list(PROVIDERS)})
+            details={"field": "provider", "allowed": list(PROVIDERS)},
+        )
     runtime = runtime_of(request)
     if body.prd_path is not None:
         resolve_prd(runtime.settings.loki_dir, body.prd_path)
     options = body.options
     timeout = options.timeout if options else None
     if timeout is not None and not 0 < timeout < 10**9:
-        raise ValidationFailed("options.timeout must be a positive number of seconds",
-                               details={"field": "options.timeout"})
+        raise ValidationFailed(
+            "options.timeout must be a positive number of seconds",
+            details={"field": "options.timeout"},
+        )
     record = manager_of(request).start(
-        body.prd_path, body.provider, dry_run=bool(options and options.dry_run),
-        verbose=bool(options and options.verbose), timeout=timeout)
-    return json_response(SessionActionResponse(
-        session_id=record.id, status=record.status,
-        message=f"Session started with {body.provider} (pid {record.pid})"), status=201)
+        body.prd_path,
+        body.provider,
+        dry_run=bool(options and options.dry_run),
+        verbose=bool(options and options.verbose),
+        timeout=timeout,
+    )
+    return json_response(
+        SessionActionResponse(
+            session_id=record.id,
+            status=record.status,
+            message=f"Session started with {body.provider} (pid {record.pid})",
+        ),
+        status=201,
+    )
 
 
 async def list_sessions(request: Request) -> Response:
@@ -118,39 +134,51 @@ async def list_sessions(request: Request) -> Response:
     states = store_of(request).all()
     running = sum(1 for s in states if s.record.status in ACTIVE_STATUSES)
     records = [s.record for s in states if status is None or s.record.status == status]
-    return json_response(SessionList(sessions=records[offset:offset + limit],
-                                     total=len(records), running=running))
+    return json_response(
+        SessionList(sessions=records[offset : offset + limit], total=len(records), running=running)
+    )
 
 
 async def get_session(request: Request) -> Response:
     state = session_of(request)
-    agents = AgentCounts(active=len(state.agents), spawned=state.agents_spawned,
-                         completed=state.agents_completed)
-    return json_response(SessionDetail(session=state.record, tasks=task_counts(state.tasks),
-                                       agents=agents))
+    agents = AgentCounts(
+        active=len(state.agents), spawned=state.agents_spawned, completed=state.agents_completed
+    )
+    return json_response(
+        SessionDetail(session=state.record, tasks=task_counts(state.tasks), agents=agents)
+    )
 
 
 async def stop_session(request: Request) -> Response:
     state = session_of(request)
     record = manager_of(request).stop(state.id)
-    return json_response(SessionActionResponse(
-        session_id=state.id, status=record.status,
-        message="Stop requested: SIGTERM sent to the session's process group"
-        if record.status == "stopping" else "Session stopped"))
+    return json_response(
+        SessionActionResponse(
+            session_id=state.id,
+            status=record.status,
+            message="Stop requested: SIGTERM sent to the session's process group"
+            if record.status == "stopping"
+            else "Session stopped",
+        )
+    )
 
 
 async def pause_session(request: Request) -> Response:
     state = session_of(request)
     record = manager_of(request).pause(state.id)
-    return json_response(SessionActionResponse(session_id=state.id, status=record.status,
-                                               message="Session paused (PAUSE file written)"))
+    return json_response(
+        SessionActionResponse(
+            session_id=state.id, status=record.status, message="Session paused (PAUSE file written)"
+        )
+    )
 
 
 async def resume_session(request: Request) -> Response:
     state = session_of(request)
     record = manager_of(request).resume(state.id)
-    return json_response(SessionActionResponse(session_id=state.id, status=record.status,
-                                               message="Session resumed"))
+    return json_response(
+        SessionActionResponse(session_id=state.id, status=record.status, message="Session resumed")
+    )
 
 
 async def inject_input(request: Request) -> Response:
@@ -162,15 +190,21 @@ async def inject_input(request: Request) -> Response:
         raise ValidationFailed("input must be at most 64 KiB", details={"field": "input"})
     how = manager_of(request).inject_input(state.id, body.input, body.context)
     where = "input.fifo" if how == "fifo" else "HUMAN_INPUT.md"
-    return json_response(SessionActionResponse(
-        session_id=state.id, status=state.record.status, message=f"Input delivered via {where}"))
+    return json_response(
+        SessionActionResponse(
+            session_id=state.id, status=state.record.status, message=f"Input delivered via {where}"
+        )
+    )
 
 
 async def delete_session(request: Request) -> Response:
     state = session_of(request)
     manager_of(request).delete(state.id)
-    return json_response(DeleteResponse(session_id=state.id, deleted=True,
-                                        message="Session record and state directory removed"))
+    return json_response(
+        DeleteResponse(
+            session_id=state.id, deleted=True, message="Session record and state directory removed"
+        )
+    )
 
 
 routes = [

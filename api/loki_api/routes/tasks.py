@@ -42,9 +42,10 @@ def query_page(request: Request) -> tuple[str | None, int, int]:
 
 
 def page_of(tasks: list[Task], limit: int, offset: int) -> tuple[list[Task], Pagination]:
-    selected = tasks[offset:offset + limit]
-    return selected, Pagination(total=len(tasks), limit=limit, offset=offset,
-                                has_more=offset + len(selected) < len(tasks))
+    selected = tasks[offset : offset + limit]
+    return selected, Pagination(
+        total=len(tasks), limit=limit, offset=offset, has_more=offset + len(selected) < len(tasks)
+    )
 
 
 def newest_tasks(store: StateStore) -> list[Task]:
@@ -63,16 +64,24 @@ def newest_tasks_in(store: StateStore, status: str | None) -> list[Task]:
     """`newest_tasks`, only those in `status` when given; kept until the store changes."""
     if status is None:
         return store.view(newest_tasks, partial(newest_tasks, store))
-    return store.view((newest_tasks, status), lambda: [
-        task for task in newest_tasks_in(store, None) if task.status == status])
+    return store.view(
+        (newest_tasks, status),
+        lambda: [task for task in newest_tasks_in(store, None) if task.status == status],
+    )
 
 
 def tasks_in(store: StateStore, statuses: frozenset[str]) -> Listed:
     """(session, task) for every task in `statuses`, in session order; kept until the
     store changes. Session statuses are not part of it: callers check them per request."""
-    return store.view(("tasks_in", statuses), lambda: [
-        (state, task) for state in store.all()
-        for task in state.tasks if task.status in statuses])
+    return store.view(
+        ("tasks_in", statuses),
+        lambda: [
+            (state, task)
+            for state in store.all()
+            for task in state.tasks
+            if task.status in statuses
+        ],
+    )
 
 
 async def session_tasks(request: Request) -> Response:
@@ -80,8 +89,9 @@ async def session_tasks(request: Request) -> Response:
     status, limit, offset = query_page(request)
     tasks = state.tasks if status is None else [t for t in state.tasks if t.status == status]
     selected, pagination = page_of(tasks, limit, offset)
-    return json_response(SessionTaskList(tasks=selected, pagination=pagination,
-                                         summary=task_counts(state.tasks)))
+    return json_response(
+        SessionTaskList(tasks=selected, pagination=pagination, summary=task_counts(state.tasks))
+    )
 
 
 async def session_task(request: Request) -> Response:
@@ -90,8 +100,10 @@ async def session_task(request: Request) -> Response:
     for task in state.tasks:
         if task.id == task_id:
             return json_response(TaskDetail(task=task))
-    raise NotFound(f"Task not found: {task_id} in session {state.id}",
-                   details={"sessionId": state.id, "taskId": task_id})
+    raise NotFound(
+        f"Task not found: {task_id} in session {state.id}",
+        details={"sessionId": state.id, "taskId": task_id},
+    )
 
 
 async def all_tasks(request: Request) -> Response:
@@ -103,8 +115,11 @@ async def all_tasks(request: Request) -> Response:
 
 async def active_tasks(request: Request) -> Response:
     """Running tasks of sessions still running (a stopping session's are being cut short)."""
-    tasks = [task for state, task in tasks_in(store_of(request), RUNNING)
-             if state.record.status in LIVE_STATUSES]
+    tasks = [
+        task
+        for state, task in tasks_in(store_of(request), RUNNING)
+        if state.record.status in LIVE_STATUSES
+    ]
     return json_response(TaskQueue(tasks=tasks, count=len(tasks)))
 
 
@@ -112,16 +127,18 @@ def by_priority(store: StateStore) -> Listed:
     """Pending and queued tasks, highest priority first; equal priorities keep their
     session/file order, no priority goes last."""
     waiting = list(tasks_in(store, WAITING))
-    waiting.sort(key=lambda item: -(item[1].priority if item[1].priority is not None
-                                    else -(2**31)))
+    waiting.sort(key=lambda item: -(item[1].priority if item[1].priority is not None else -(2**31)))
     return waiting
 
 
 async def queued_tasks(request: Request) -> Response:
     """Pending and queued tasks of sessions still under way, highest priority first."""
     store = store_of(request)
-    tasks = [task for state, task in store.view(by_priority, partial(by_priority, store))
-             if state.record.status in ACTIVE_STATUSES]
+    tasks = [
+        task
+        for state, task in store.view(by_priority, partial(by_priority, store))
+        if state.record.status in ACTIVE_STATUSES
+    ]
     return json_response(TaskQueue(tasks=tasks, count=len(tasks)))
 
 

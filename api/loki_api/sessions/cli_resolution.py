@@ -43,8 +43,13 @@ class CliCommand:
             return "bundled simulator (python -m loki_api.simulator)"
         return f"{shlex.join(self.argv)} (from {self.source})"
 
-    def session_argv(self, provider: str | None = None, prd_path: str | None = None,
-                     dry_run: bool = False, verbose: bool = False) -> list[str]:
+    def session_argv(
+        self,
+        provider: str | None = None,
+        prd_path: str | None = None,
+        dry_run: bool = False,
+        verbose: bool = False,
+    ) -> list[str]:
         """`CMD start [--provider P] [--dry-run] [--verbose] [PRD]`, as argv items."""
         argv = [*self.argv, "start"]
         if provider:
@@ -58,8 +63,9 @@ class CliCommand:
         return argv
 
 
-def resolve_cli(settings: Settings, env: dict[str, str] | None = None,
-                path: str | None = None) -> CliCommand:
+def resolve_cli(
+    settings: Settings, env: dict[str, str] | None = None, path: str | None = None
+) -> CliCommand:
     """Resolve the session command once, at start-up."""
     env = dict(os.environ) if env is None else env
     if settings.simulate:
@@ -102,8 +108,11 @@ def is_own_entry_point(path: Path, own_dirs: Sequence[Path] | None = None) -> bo
         resolved = path.resolve()
     except OSError:
         return False
-    dirs = own_dirs if own_dirs is not None else (Path(sys.prefix) / "bin",
-                                                  Path(sys.executable).parent)
+    dirs = (
+        own_dirs
+        if own_dirs is not None
+        else (Path(sys.prefix) / "bin", Path(sys.executable).parent)
+    )
     if any(resolved.parent == d.resolve() for d in dirs):
         return True
     try:

@@ -35,8 +35,7 @@ def record_exit(exit_file: Path, code: int) -> None:
 
 def main(argv: Sequence[str]) -> int:
     if len(argv) < 2:
-        print("usage: python -m loki_api.sessions.launcher EXIT_FILE CMD [ARG...]",
-              file=sys.stderr)
+        print("usage: python -m loki_api.sessions.launcher EXIT_FILE CMD [ARG...]", file=sys.stderr)
         return 2
     exit_file, command = Path(argv[0]), list(argv[1:])
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -72,9 +72,17 @@ EXIT_WATCH = 0.1
 class Supervised:
     """A session process this server watches: our child, or one re-adopted after a restart."""
 
-    def __init__(self, session_id: str, directory: Path, output_dir: Path, pgid: int,
-                 proc: subprocess.Popen[bytes] | None, *, from_end: bool = False,
-                 offsets: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        directory: Path,
+        output_dir: Path,
+        pgid: int,
+        proc: subprocess.Popen[bytes] | None,
+        *,
+        from_end: bool = False,
+        offsets: dict[str, int] | None = None,
+    ) -> None:
         self.id = session_id
         self.dir = directory
         self.output_dir = output_dir
@@ -82,9 +90,15 @@ class Supervised:
         self.proc = proc
         self.stopping = False
         offsets = offsets or {}
-        self.tails = [OutputTail(output_dir / name, stream, from_end=from_end,  # type: ignore[arg-type]
-                                 offset=offsets.get(name))
-                      for name, stream in ((STDOUT_FILE, "stdout"), (STDERR_FILE, "stderr"))]
+        self.tails = [
+            OutputTail(
+                output_dir / name,
+                stream,
+                from_end=from_end,  # type: ignore[arg-type]
+                offset=offsets.get(name),
+            )
+            for name, stream in ((STDOUT_FILE, "stdout"), (STDERR_FILE, "stderr"))
+        ]
         self.done = anyio.Event()
         # Set when the watcher sees the output files change: read now, not at the next poll.
         self.wakeup = anyio.Event()
@@ -107,8 +121,9 @@ class Supervised:
             doc = json.loads(path.read_text())
         except (OSError, ValueError):
             doc = {}
-        doc["offsets"] = {tail.path.name: tail.position for tail in self.tails
-                          if tail.position is not None}
+        doc["offsets"] = {
+            tail.path.name: tail.position for tail in self.tails if tail.position is not None
+        }
         control.write_atomically(path, json.dumps(doc).encode())
         self.offsets_saved_at = time.monotonic()
 
@@ -136,15 +151,19 @@ def saved_offsets(directory: Path) -> dict[str, int]:
     if offsets is None:
         return {}
     control.write_atomically(path, json.dumps(doc).encode())
-    return {name: value for name, value in offsets.items()
-            if isinstance(name, str) and isinstance(value, int) and value >= 0}
+    return {
+        name: value
+        for name, value in offsets.items()
+        if isinstance(name, str) and isinstance(value, int) and value >= 0
+    }
 
 
 class SessionManager:
     """Every session process this server supervises."""
 
-    def __init__(self, settings: Settings, store: StateStore, bus: EventBus,
-                 cli: CliCommand | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: StateStore, bus: EventBus, cli: CliCommand | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
         self.bus = bus
@@ -181,8 +200,10 @@ class SessionManager:
                 if not sup.stopping:
                     self._begin_stop(sup)
             deadline = time.monotonic() + self.settings.stop_grace
-            while any(group_alive(s.pgid) for s in self._supervised.values()) \
-                    and time.monotonic() < deadline:
+            while (
+                any(group_alive(s.pgid) for s in self._supervised.values())
+                and time.monotonic() < deadline
+            ):
                 await anyio.sleep(0.05)
         for sup in list(self._supervised.values()):
             if sup.stopping:
@@ -199,8 +220,9 @@ class SessionManager:
                 sup.save_offsets()
                 for tail in sup.tails:
                     tail.close()
-                log.info("session %s keeps running (pid %d) after the server exits",
-                         sup.id, sup.pgid)
+                log.info(
+                    "session %s keeps running (pid %d) after the server exits", sup.id, sup.pgid
+                )
 
     def readopt(self) -> None:
         """After a restart: supervise our sessions that still run, close the others."""
@@ -217,24 +239,39 @@ class SessionManager:
                 offsets = saved_offsets(state.dir)
                 if offsets:
                     # Publish what it printed after the last saved position, before it ended.
-                    ended = Supervised(state.id, state.dir, self._output_of(state.id), 0, None,
-                                       offsets=offsets)
+                    ended = Supervised(
+                        state.id, state.dir, self._output_of(state.id), 0, None, offsets=offsets
+                    )
                     self._drain(ended)
                     for tail in ended.tails:
                         tail.close()
                 code = recorded_exit_code(state.dir)
-                status = ("stopped" if record.status == "stopping" or
-                          control.stop_requested(state.dir)
-                          else "completed" if code == 0 else "failed")
-                log.warning("session %s ended while no server watched it (exit code %s): %s",
-                            state.id, code, status)
+                status = (
+                    "stopped"
+                    if record.status == "stopping" or control.stop_requested(state.dir)
+                    else "completed"
+                    if code == 0
+                    else "failed"
+                )
+                log.warning(
+                    "session %s ended while no server watched it (exit code %s): %s",
+                    state.id,
+                    code,
+                    status,
+                )
                 self.store.update_record(state.id, status=status, exit_code=code)
                 continue
             log.info("re-adopting session %s (pid %d)", state.id, pid)
             # Go on from where a graceful predecessor stopped publishing, else from now.
-            sup = Supervised(state.id, state.dir, self._output_of(state.id), pid, None,
-                             from_end=True,
-                             offsets=saved_offsets(state.dir))
+            sup = Supervised(
+                state.id,
+                state.dir,
+                self._output_of(state.id),
+                pid,
+                None,
+                from_end=True,
+                offsets=saved_offsets(state.dir),
+            )
             if record.pid != pid:
                 self.store.update_record(state.id, pid=pid)
             self._watch(sup)
@@ -243,37 +280,62 @@ class SessionManager:
 
     # ---------------------------------------------------------------- commands
 
-    def start(self, prd_path: str | None, provider: str, *, dry_run: bool = False,
-              verbose: bool = False, timeout: float | None = None) -> Session:
+    def start(
+        self,
+        prd_path: str | None,
+        provider: str,
+        *,
+        dry_run: bool = False,
+        verbose: bool = False,
+        timeout: float | None = None,
+    ) -> Session:
         """Start a session; returns its record. The caller has validated the input.
 
         With `timeout` (seconds) the session is stopped if it is still running then.
         """
         if not self.cli.available:
-            raise ServiceUnavailable(self.cli.problem or "No Loki CLI available",
-                                     code="PROVIDER_NOT_AVAILABLE")
+            raise ServiceUnavailable(
+                self.cli.problem or "No Loki CLI available", code="PROVIDER_NOT_AVAILABLE"
+            )
         if self._tg is None:
             raise ServiceUnavailable("The session manager is not running")
         if len(self._supervised) >= self.settings.max_sessions:
             running = next(iter(self._supervised))
-            raise Conflict(f"A session is already running: {running}",
-                           code="SESSION_ALREADY_RUNNING", details={"sessionId": running})
+            raise Conflict(
+                f"A session is already running: {running}",
+                code="SESSION_ALREADY_RUNNING",
+                details={"sessionId": running},
+            )
         session_id = f"session_{int(time.time() * 1000)}_{secrets.token_hex(4)}"
-        state = self.store.create(Session(id=session_id, prd_path=prd_path, provider=provider,
-                                          status="starting"))
+        state = self.store.create(
+            Session(id=session_id, prd_path=prd_path, provider=provider, status="starting")
+        )
         argv = self.cli.session_argv(provider, prd_path, dry_run=dry_run, verbose=verbose)
-        env = {**os.environ, "LOKI_SESSION_ID": session_id, "LOKI_API_MODE": "true",
-               "LOKI_DIR": str(self.settings.loki_dir)}
+        env = {
+            **os.environ,
+            "LOKI_SESSION_ID": session_id,
+            "LOKI_API_MODE": "true",
+            "LOKI_DIR": str(self.settings.loki_dir),
+        }
         output_dir = self.settings.output_dir / session_id
         try:
-            proc = spawn(argv, cwd=self.settings.loki_dir, env=env,
-                         output_dir=output_dir, exit_file=state.dir / EXIT_FILE)
+            proc = spawn(
+                argv,
+                cwd=self.settings.loki_dir,
+                env=env,
+                output_dir=output_dir,
+                exit_file=state.dir / EXIT_FILE,
+            )
         except OSError as exc:
             self.store.update_record(session_id, status="failed")
-            raise ApiError(f"Cannot start the Loki CLI ({argv[0]}): {exc.strerror or exc}",
-                           status=500, code="CLI_ERROR") from None
+            raise ApiError(
+                f"Cannot start the Loki CLI ({argv[0]}): {exc.strerror or exc}",
+                status=500,
+                code="CLI_ERROR",
+            ) from None
         (state.dir / SUPERVISOR_FILE).write_text(
-            json.dumps({"pid": proc.pid, "server": os.getpid(), "argv": argv}))
+            json.dumps({"pid": proc.pid, "server": os.getpid(), "argv": argv})
+        )
         log.info("session %s started: pid %d: %s", session_id, proc.pid, " ".join(argv))
         sup = Supervised(session_id, state.dir, output_dir, proc.pid, proc)
         sup.save_offsets()  # a successor after SIGKILL reads from here, not from the end
@@ -316,14 +378,21 @@ class SessionManager:
         """Deliver human input; returns "fifo" or "file" (how it was delivered)."""
         state = self._session(session_id)
         if state.record.status not in INPUT_STATUSES:
-            raise Conflict(f"Session {session_id} is not accepting input "
-                           f"(status: {state.record.status})")
+            raise Conflict(
+                f"Session {session_id} is not accepting input (status: {state.record.status})"
+            )
         how = control.inject_input(state.dir, text)
         preview = text[:50] + ("..." if len(text) > 50 else "")
-        self.bus.publish("log:info", LogEventData(
-            level="info", message=f"Input injected: {preview}", source="api",
-            context={"delivery": how, **({"context": context} if context else {})}),
-            session_id)
+        self.bus.publish(
+            "log:info",
+            LogEventData(
+                level="info",
+                message=f"Input injected: {preview}",
+                source="api",
+                context={"delivery": how, **({"context": context} if context else {})},
+            ),
+            session_id,
+        )
         return how
 
     def delete(self, session_id: str) -> None:
@@ -333,8 +402,8 @@ class SessionManager:
         # Running unless we know better: a record with no pid (someone else's
         # session) is taken at its word; stop it first (that marks it stopped).
         if session_id in self._supervised or (
-                record.status in ACTIVE_STATUSES
-                and (record.pid is None or process_alive(record.pid))):
+            record.status in ACTIVE_STATUSES and (record.pid is None or process_alive(record.pid))
+        ):
             raise Conflict(f"Session {session_id} is still running; stop it first")
         self.store.remove(session_id)
         shutil.rmtree(state.dir, ignore_errors=True)
@@ -402,9 +471,15 @@ class SessionManager:
         state = self.store.get(sup.id)
         if state is not None and state.record.status in ("starting", "running", "paused"):
             log.info("session %s: timeout of %gs reached; stopping it", sup.id, timeout)
-            self.bus.publish("log:warn", LogEventData(
-                level="warn", message=f"Session timeout of {timeout:g}s reached: stopping",
-                source="api"), sup.id)
+            self.bus.publish(
+                "log:warn",
+                LogEventData(
+                    level="warn",
+                    message=f"Session timeout of {timeout:g}s reached: stopping",
+                    source="api",
+                ),
+                sup.id,
+            )
             self.stop(sup.id)
 
     async def _escalate(self, sup: Supervised) -> None:
@@ -415,8 +490,11 @@ class SessionManager:
                 return
             await anyio.sleep(0.02)
         if signal_group(sup.pgid, signal.SIGKILL):
-            log.warning("session %s: still alive %.1fs after SIGTERM; sent SIGKILL",
-                        sup.id, self.settings.stop_grace)
+            log.warning(
+                "session %s: still alive %.1fs after SIGTERM; sent SIGKILL",
+                sup.id,
+                self.settings.stop_grace,
+            )
 
     def wake(self, session_id: str) -> None:
         """The session's output files changed (called by the watcher): read them now."""

@@ -56,8 +56,9 @@ def parse_line(line: str, stream: Stream = "stdout") -> Parsed | None:
         match = _LEVEL_LINE.match(line)
         if match is not None:
             level = _LEVELS[match.group(1).lower()]
-            return f"log:{level}", LogEventData(level=level, message=match.group(3).strip(),
-                                                source=match.group(2) or None)
+            return f"log:{level}", LogEventData(
+                level=level, message=match.group(3).strip(), source=match.group(2) or None
+            )
     elif first in "SEBseb":
         match = _PHASE_LINE.match(line)
         if match is not None:
@@ -97,10 +98,17 @@ def _parse_json(line: str) -> Parsed | None:
 
 # What an event's type already says about its data, when the line leaves it out.
 _STATUS_OF_TYPE = {
-    "task:created": "pending", "task:started": "running", "task:progress": "running",
-    "task:completed": "completed", "task:failed": "failed",
-    "session:started": "running", "session:paused": "paused", "session:resumed": "running",
-    "session:stopped": "stopped", "session:completed": "completed", "session:failed": "failed",
+    "task:created": "pending",
+    "task:started": "running",
+    "task:progress": "running",
+    "task:completed": "completed",
+    "task:failed": "failed",
+    "session:started": "running",
+    "session:paused": "paused",
+    "session:resumed": "running",
+    "session:stopped": "stopped",
+    "session:completed": "completed",
+    "session:failed": "failed",
 }
 
 
@@ -137,12 +145,19 @@ def _short_phase(data: dict[str, Any]) -> Parsed:
     if phase is None:
         raise ValueError("phase without a name")
     return "phase:started", PhaseEventData(
-        phase=phase, previous_phase=_text(data, "previousPhase", "previous"),
-        progress=_number(data.get("progress")), eta=_number(data.get("eta")))
+        phase=phase,
+        previous_phase=_text(data, "previousPhase", "previous"),
+        progress=_number(data.get("progress")),
+        eta=_number(data.get("eta")),
+    )
 
 
-_TASK_EVENT_FOR_STATUS = {"completed": "task:completed", "done": "task:completed",
-                          "failed": "task:failed", "error": "task:failed"}
+_TASK_EVENT_FOR_STATUS = {
+    "completed": "task:completed",
+    "done": "task:completed",
+    "failed": "task:failed",
+    "error": "task:failed",
+}
 
 
 def _short_task(data: dict[str, Any]) -> Parsed:
@@ -153,25 +168,37 @@ def _short_task(data: dict[str, Any]) -> Parsed:
     event = _TASK_EVENT_FOR_STATUS.get(status, "task:started")
     status = {"task:completed": "completed", "task:failed": "failed"}.get(event, status)
     return event, TaskEventData(
-        task_id=task_id, title=_text(data, "title", "subject", "name") or "Untitled",
-        status=status, description=_text(data, "description"),
-        progress=_number(data.get("progress")), output=_text(data, "output"),
-        error=_text(data, "error"), duration=_number(data.get("duration")))
+        task_id=task_id,
+        title=_text(data, "title", "subject", "name") or "Untitled",
+        status=status,
+        description=_text(data, "description"),
+        progress=_number(data.get("progress")),
+        output=_text(data, "output"),
+        error=_text(data, "error"),
+        duration=_number(data.get("duration")),
+    )
 
 
 def _short_agent(data: dict[str, Any]) -> Parsed:
     agent_type = _text(data, "type", "agentType", "role") or "unknown"
     return "agent:spawned", AgentEventData(
-        agent_id=_text(data, "agentId", "id") or unnamed_agent_id(agent_type), type=agent_type,
-        model=_text(data, "model"), task=_text(data, "task"))
+        agent_id=_text(data, "agentId", "id") or unnamed_agent_id(agent_type),
+        type=agent_type,
+        model=_text(data, "model"),
+        task=_text(data, "task"),
+    )
 
 
 def _short_input(data: dict[str, Any]) -> Parsed:
     return "input:requested", msgspec.convert(data, InputEventData)
 
 
-_SHORT_FORMS = {"phase": _short_phase, "task": _short_task, "agent": _short_agent,
-                "input_requested": _short_input}
+_SHORT_FORMS = {
+    "phase": _short_phase,
+    "task": _short_task,
+    "agent": _short_agent,
+    "input_requested": _short_input,
+}
 
 
 def unnamed_agent_id(text: str) -> str:

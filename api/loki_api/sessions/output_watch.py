@@ -53,8 +53,9 @@ class OutputWatch:
         try:
             INotify().close()  # can we have one? (the real one opens in `start`)
         except OSError as exc:
-            log.warning("cannot watch session output with inotify (%s); "
-                        "the state watcher does it", exc)
+            log.warning(
+                "cannot watch session output with inotify (%s); the state watcher does it", exc
+            )
             return None
         return cls()
 

@@ -38,8 +38,14 @@ MAX_LINES_PER_PUMP = 4096
 Publish = Callable[[str, Model], object]
 
 
-def spawn(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
-          output_dir: Path, exit_file: Path | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    output_dir: Path,
+    exit_file: Path | None = None,
+) -> subprocess.Popen[bytes]:
     """Start `argv` (never through a shell) in a new session / process group.
 
     Its output goes to `output_dir`. It runs under `launcher`, which records its
@@ -55,8 +61,14 @@ def spawn(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
     launcher = [sys.executable, "-m", "loki_api.sessions.launcher", str(exit_file)]
     with open(output_dir / STDOUT_FILE, "ab") as out, open(output_dir / STDERR_FILE, "ab") as err:
         return subprocess.Popen(
-            [*launcher, *argv], cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
-            stderr=err, start_new_session=True, close_fds=True,
+            [*launcher, *argv],
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+            close_fds=True,
         )
 
 
@@ -86,8 +98,9 @@ def exit_status(returncode: int) -> int:
 class OutputTail:
     """Follows one output file from an offset, turning new lines into events."""
 
-    def __init__(self, path: Path, stream: Stream, *, from_end: bool = False,
-                 offset: int | None = None) -> None:
+    def __init__(
+        self, path: Path, stream: Stream, *, from_end: bool = False, offset: int | None = None
+    ) -> None:
         """Follow `path` from its start, its end (`from_end`) or a byte `offset`."""
         self.path = path
         self.stream = stream
@@ -121,7 +134,7 @@ class OutputTail:
             # Many short lines: keep the first MAX_LINES_PER_PUMP, read the rest next time.
             rest = len(chunk.split(b"\n", MAX_LINES_PER_PUMP)[-1])
             file.seek(-rest, os.SEEK_CUR)
-            chunk = chunk[:len(chunk) - rest]
+            chunk = chunk[: len(chunk) - rest]
         self._emit(self.splitter.feed(chunk), publish)
         return True
 
@@ -174,7 +187,7 @@ def process_alive(pid: int) -> bool:
             return True
         return True
     # The state letter follows the parenthesised command name, which may contain spaces.
-    state = stat[stat.rfind(b")") + 2: stat.rfind(b")") + 3]
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
     return state not in (b"Z", b"X")
 
 
@@ -245,7 +258,7 @@ def group_alive(pgid: int) -> bool:
                 stat = file.read()
         except OSError:
             continue
-        tail = stat[stat.rfind(b")") + 2:].split()
+        tail = stat[stat.rfind(b")") + 2 :].split()
         # Fields after the name: state, ppid, pgrp, ...
         if len(tail) > 2 and int(tail[2]) == pgid and tail[0] not in (b"Z", b"X"):
             return True
@@ -261,5 +274,3 @@ def signal_group(pgid: int, sig: int) -> bool:
     except PermissionError:
         return False
     return True
-
-

@@ -20,8 +20,7 @@ DESCRIPTION = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loki_api.simulator", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
-    start = commands.add_parser("start", help="run a simulated session",
-                                description=DESCRIPTION)
+    start = commands.add_parser("start", help="run a simulated session", description=DESCRIPTION)
     start.add_argument("--provider", default="claude", help="provider name to report")
     start.add_argument("--dry-run", action="store_true", help="skip the simulated deployment")
     start.add_argument("--verbose", action="store_true", help="print extra debug lines")
@@ -32,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = SimulationConfig.from_env(provider=args.provider, prd=args.prd,
-                                           dry_run=args.dry_run, verbose=args.verbose)
+        config = SimulationConfig.from_env(
+            provider=args.provider, prd=args.prd, dry_run=args.dry_run, verbose=args.verbose
+        )
     except ValueError as exc:
         print(f"simulator: error: {exc}", file=sys.stderr)
         return 2

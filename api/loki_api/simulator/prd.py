@@ -27,8 +27,14 @@ class SimTask:
     progress: float = 0.0
 
     def to_json(self) -> dict[str, object]:
-        return {"id": self.id, "title": self.title, "description": self.description,
-                "priority": self.priority, "status": self.status, "progress": self.progress}
+        return {
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "priority": self.priority,
+            "status": self.status,
+            "progress": self.progress,
+        }
 
 
 def tasks_from_prd(text: str | None) -> list[SimTask]:
@@ -54,6 +60,7 @@ def tasks_from_prd(text: str | None) -> list[SimTask]:
     if not items:
         items = list(BUILT_IN_TASKS)
     items = items[:MAX_TASKS]
-    return [SimTask(id=f"task-{n:03d}", title=title, description=desc,
-                    priority=len(items) - n + 1)
-            for n, (title, desc) in enumerate(items, start=1)]
+    return [
+        SimTask(id=f"task-{n:03d}", title=title, description=desc, priority=len(items) - n + 1)
+        for n, (title, desc) in enumerate(items, start=1)
+    ]

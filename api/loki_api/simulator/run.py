@@ -38,8 +38,9 @@ class SimulationConfig:
     exit_code: int
 
     @classmethod
-    def from_env(cls, *, provider: str, prd: str | None, dry_run: bool,
-                 verbose: bool) -> SimulationConfig:
+    def from_env(
+        cls, *, provider: str, prd: str | None, dry_run: bool, verbose: bool
+    ) -> SimulationConfig:
         env = os.environ
         try:
             delay = float(env.get("LOKI_SIM_DELAY") or 0.2)
@@ -50,10 +51,18 @@ class SimulationConfig:
         except ValueError:
             raise ValueError("LOKI_SIM_EXIT must be a whole number") from None
         session_id = env.get("LOKI_SESSION_ID") or (
-            f"session_{int(time.time() * 1000)}_{secrets.token_hex(4)}")
-        return cls(session_id=session_id, loki_dir=Path(env.get("LOKI_DIR") or "."),
-                   provider=provider, prd=prd, dry_run=dry_run, verbose=verbose,
-                   delay=max(delay, 0.0), exit_code=exit_code)
+            f"session_{int(time.time() * 1000)}_{secrets.token_hex(4)}"
+        )
+        return cls(
+            session_id=session_id,
+            loki_dir=Path(env.get("LOKI_DIR") or "."),
+            provider=provider,
+            prd=prd,
+            dry_run=dry_run,
+            verbose=verbose,
+            delay=max(delay, 0.0),
+            exit_code=exit_code,
+        )
 
 
 class Simulation:
@@ -125,9 +134,13 @@ class Simulation:
         self.files.update_session(taskCount=len(self.tasks), completedTasks=0)
         self.out(f"[DEBUG] [planner] Parsed {len(self.tasks)} tasks from the PRD")
         self.out("note: planning uses no provider in the simulator", sys.stderr)
-        self.event("input_requested", {
-            "prompt": "Any constraints for the plan? (POST /api/sessions/{id}/input)",
-            "timeout": 0})
+        self.event(
+            "input_requested",
+            {
+                "prompt": "Any constraints for the plan? (POST /api/sessions/{id}/input)",
+                "timeout": 0,
+            },
+        )
         self.step()
 
         self.enter_phase("development", "Entering development phase")
@@ -148,8 +161,10 @@ class Simulation:
             self.out("[INFO] [deployer] dry run: nothing deployed")
         else:
             self.out("[INFO] [deployer] simulated deployment done")
-        self.event("metrics:update", {"tokensUsed": 1000 * len(self.tasks),
-                                      "apiCalls": 3 * len(self.tasks), "cost": 0.0})
+        self.event(
+            "metrics:update",
+            {"tokensUsed": 1000 * len(self.tasks), "apiCalls": 3 * len(self.tasks), "cost": 0.0},
+        )
         self.write_phase(progress=1.0)
         self.step()
 
@@ -165,13 +180,16 @@ class Simulation:
         self.step()
         task.progress = 0.5
         self.write_tasks()
-        self.event("task:progress", {"taskId": task.id, "title": task.title,
-                                     "status": "running", "progress": 0.5})
+        self.event(
+            "task:progress",
+            {"taskId": task.id, "title": task.title, "status": "running", "progress": 0.5},
+        )
         self.step()
         task.status, task.progress = "done", 1.0
         self.write_tasks()
-        self.event("task:completed", {"taskId": task.id, "title": task.title,
-                                      "status": "completed"})
+        self.event(
+            "task:completed", {"taskId": task.id, "title": task.title, "status": "completed"}
+        )
         self.finish_agent(agent)
         completed = sum(1 for t in self.tasks if t.status == "done")
         self.files.update_session(completedTasks=completed)
@@ -182,22 +200,35 @@ class Simulation:
         self.step()
         previous, self.phase = self.phase, phase
         self.out(line)
-        self.files.write("phase.json", {"current": phase, "previous": previous,
-                                        "progress": 0.0, "updatedAt": now_iso()})
+        self.files.write(
+            "phase.json",
+            {"current": phase, "previous": previous, "progress": 0.0, "updatedAt": now_iso()},
+        )
         self.files.update_session(currentPhase=phase)
 
     def write_phase(self, progress: float) -> None:
         previous = PHASES[PHASES.index(self.phase) - 1] if self.phase in PHASES[1:] else None
-        self.files.write("phase.json", {"current": self.phase, "previous": previous,
-                                        "progress": progress, "updatedAt": now_iso()})
+        self.files.write(
+            "phase.json",
+            {
+                "current": self.phase,
+                "previous": previous,
+                "progress": progress,
+                "updatedAt": now_iso(),
+            },
+        )
 
     def write_tasks(self) -> None:
         self.files.write("tasks.json", {"tasks": [t.to_json() for t in self.tasks]})
 
     def spawn_agent(self, kind: str, task_id: str | None) -> dict[str, Any]:
         self.agents_spawned += 1
-        agent: dict[str, Any] = {"id": f"agent-{self.agents_spawned:03d}", "type": kind,
-                                 "model": "simulated", "status": "running"}
+        agent: dict[str, Any] = {
+            "id": f"agent-{self.agents_spawned:03d}",
+            "type": kind,
+            "model": "simulated",
+            "status": "running",
+        }
         if task_id:
             agent["task"] = task_id
         self.agents.append(agent)
@@ -207,12 +238,12 @@ class Simulation:
     def finish_agent(self, agent: dict[str, Any]) -> None:
         self.agents.remove(agent)
         self.write_agents()
-        self.event("agent:completed", {"agentId": agent["id"], "type": agent["type"],
-                                       "exitCode": 0})
+        self.event(
+            "agent:completed", {"agentId": agent["id"], "type": agent["type"], "exitCode": 0}
+        )
 
     def write_agents(self) -> None:
-        self.files.write("agents.json", {"active": self.agents,
-                                         "spawned": self.agents_spawned})
+        self.files.write("agents.json", {"active": self.agents, "spawned": self.agents_spawned})
 
     def _finish(self, status: str, exit_code: int | None = None) -> None:
         if self.files.standalone:
@@ -239,8 +270,11 @@ class Simulation:
         paused = (self.dir / "PAUSE").exists()
         if paused != self.paused:
             self.paused = paused
-            self.out("[INFO] [simulator] Paused: waiting for the PAUSE file to go" if paused
-                     else "[INFO] [simulator] Resumed")
+            self.out(
+                "[INFO] [simulator] Paused: waiting for the PAUSE file to go"
+                if paused
+                else "[INFO] [simulator] Resumed"
+            )
         self._read_human_input()
         self._read_fifo()
 

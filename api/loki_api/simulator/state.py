@@ -41,24 +41,38 @@ class SessionFiles:
     simulator only touches `currentPhase`, `taskCount` and `completedTasks`;
     when it runs on its own it owns the whole record (status and pid too)."""
 
-    def __init__(self, directory: Path, session_id: str, provider: str,
-                 prd_path: str | None) -> None:
+    def __init__(
+        self, directory: Path, session_id: str, provider: str, prd_path: str | None
+    ) -> None:
         self.dir = directory
         self.session_path = directory / "session.json"
         directory.mkdir(parents=True, exist_ok=True)
         self.standalone = read_json(self.session_path) is None
         if self.standalone:
-            write_json(self.session_path, {
-                "id": session_id, "prdPath": prd_path, "provider": provider,
-                "status": "running", "startedAt": now_iso(), "updatedAt": now_iso(),
-                "pid": os.getpid(), "currentPhase": None, "taskCount": 0,
-                "completedTasks": 0, "exitCode": None,
-            })
+            write_json(
+                self.session_path,
+                {
+                    "id": session_id,
+                    "prdPath": prd_path,
+                    "provider": provider,
+                    "status": "running",
+                    "startedAt": now_iso(),
+                    "updatedAt": now_iso(),
+                    "pid": os.getpid(),
+                    "currentPhase": None,
+                    "taskCount": 0,
+                    "completedTasks": 0,
+                    "exitCode": None,
+                },
+            )
 
     def update_session(self, **fields: Any) -> None:
         if not self.standalone:
-            fields = {k: v for k, v in fields.items()
-                      if k in ("currentPhase", "taskCount", "completedTasks")}
+            fields = {
+                k: v
+                for k, v in fields.items()
+                if k in ("currentPhase", "taskCount", "completedTasks")
+            }
         doc = read_json(self.session_path) or {}
         doc.update(fields)
         doc["updatedAt"] = now_iso()

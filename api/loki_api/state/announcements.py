@@ -17,9 +17,18 @@ from ..sessions.output import unnamed_agent_id
 
 
 class Announcements:
-    __slots__ = ("phase_started", "phase_ended", "task_created", "task_status",
-                 "task_progress", "agent_spawned", "agent_ended", "active_types", "unnamed",
-                 "aliases")
+    __slots__ = (
+        "phase_started",
+        "phase_ended",
+        "task_created",
+        "task_status",
+        "task_progress",
+        "agent_spawned",
+        "agent_ended",
+        "active_types",
+        "unnamed",
+        "aliases",
+    )
 
     def __init__(self) -> None:
         self.phase_started: str | None = None
@@ -113,11 +122,16 @@ class Announcements:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able copy, for the store's snapshot."""
         return {
-            "phaseStarted": self.phase_started, "phaseEnded": self.phase_ended,
-            "taskCreated": sorted(self.task_created), "taskStatus": self.task_status,
-            "taskProgress": self.task_progress, "agentSpawned": sorted(self.agent_spawned),
-            "agentEnded": sorted(self.agent_ended), "activeTypes": self.active_types,
-            "unnamed": self.unnamed, "aliases": self.aliases,
+            "phaseStarted": self.phase_started,
+            "phaseEnded": self.phase_ended,
+            "taskCreated": sorted(self.task_created),
+            "taskStatus": self.task_status,
+            "taskProgress": self.task_progress,
+            "agentSpawned": sorted(self.agent_spawned),
+            "agentEnded": sorted(self.agent_ended),
+            "activeTypes": self.active_types,
+            "unnamed": self.unnamed,
+            "aliases": self.aliases,
         }
 
     @classmethod

@@ -52,14 +52,17 @@ def session_event_for(previous: str | None, status: str) -> str | None:
     return _STATUS_EVENTS.get(status)
 
 
-def _session_data(record: Session, status: str | None = None,
-                  message: str | None = None) -> SessionEventData:
-    return SessionEventData(status=status or record.status, message=message,
-                            exit_code=record.exit_code)
+def _session_data(
+    record: Session, status: str | None = None, message: str | None = None
+) -> SessionEventData:
+    return SessionEventData(
+        status=status or record.status, message=message, exit_code=record.exit_code
+    )
 
 
-def session_changes(old: Session | None, new: Session | None,
-                    last_event: str | None) -> list[Change]:
+def session_changes(
+    old: Session | None, new: Session | None, last_event: str | None
+) -> list[Change]:
     """Session events for `old` → `new` (None = no session.json).
 
     `last_event` is the session event published last for this session: the same
@@ -68,10 +71,14 @@ def session_changes(old: Session | None, new: Session | None,
     """
     changes: list[Change] = []
     if new is None:
-        if old is not None and old.status not in TERMINAL_SESSION_STATUSES \
-                and last_event != "session:stopped":
-            changes.append(("session:stopped",
-                            _session_data(old, "stopped", "session record removed")))
+        if (
+            old is not None
+            and old.status not in TERMINAL_SESSION_STATUSES
+            and last_event != "session:stopped"
+        ):
+            changes.append(
+                ("session:stopped", _session_data(old, "stopped", "session record removed"))
+            )
         return changes
     if old is None:
         changes.append(("session:started", _session_data(new)))
@@ -103,8 +110,13 @@ def initial_session_event(record: Session) -> str:
 # -------------------------------------------------------------------------- phase
 
 
-def phase_changes(known: str | None, new: str | None, *, previous: str | None = None,
-                  progress: float | None = None) -> list[Change]:
+def phase_changes(
+    known: str | None,
+    new: str | None,
+    *,
+    previous: str | None = None,
+    progress: float | None = None,
+) -> list[Change]:
     """`phase:completed` for the phase we announced last (if any), then `phase:started`.
 
     Called with the phase from `session.json` (`currentPhase`) and from
@@ -116,8 +128,12 @@ def phase_changes(known: str | None, new: str | None, *, previous: str | None = 
     changes: list[Change] = []
     if known is not None:
         changes.append(("phase:completed", PhaseEventData(phase=known)))
-    changes.append(("phase:started", PhaseEventData(
-        phase=new, previous_phase=known or previous, progress=progress)))
+    changes.append(
+        (
+            "phase:started",
+            PhaseEventData(phase=new, previous_phase=known or previous, progress=progress),
+        )
+    )
     return changes
 
 
@@ -126,8 +142,14 @@ def phase_changes(known: str | None, new: str | None, *, previous: str | None = 
 
 def task_data(task: Task) -> TaskEventData:
     return TaskEventData(
-        task_id=task.id, title=task.title, status=task.status, description=task.description,
-        progress=task.progress, output=task.output, error=task.error, duration=task.duration,
+        task_id=task.id,
+        title=task.title,
+        status=task.status,
+        description=task.description,
+        progress=task.progress,
+        output=task.output,
+        error=task.error,
+        duration=task.duration,
     )
 
 
@@ -168,8 +190,7 @@ class AgentLedger:
 
 
 def agent_data(agent: Agent) -> AgentEventData:
-    return AgentEventData(agent_id=agent.id, type=agent.type, model=agent.model,
-                          task=agent.task)
+    return AgentEventData(agent_id=agent.id, type=agent.type, model=agent.model, task=agent.task)
 
 
 def agent_changes(ledger: AgentLedger, agents: list[Agent]) -> tuple[list[Change], AgentLedger]:
@@ -191,8 +212,9 @@ def agent_changes(ledger: AgentLedger, agents: list[Agent]) -> tuple[list[Change
             changes.append(("agent:spawned", agent_data(agent)))
         if agent_finished(agent) and agent.id not in finished:
             finished.add(agent.id)
-            changes.append(("agent:failed" if agent_failed(agent) else "agent:completed",
-                            agent_data(agent)))
+            changes.append(
+                ("agent:failed" if agent_failed(agent) else "agent:completed", agent_data(agent))
+            )
     for agent in ledger.active:
         if agent.id not in listed and agent.id not in finished:
             finished.add(agent.id)

@@ -34,8 +34,9 @@ TASK_STATUS_SYNONYMS: dict[str, str] = {
     "done": "completed",
 }
 # Agent statuses that mean the agent has finished, and the subset meaning it failed.
-AGENT_FINISHED = frozenset({"completed", "complete", "done", "finished", "stopped",
-                            "failed", "error", "errored"})
+AGENT_FINISHED = frozenset(
+    {"completed", "complete", "done", "finished", "stopped", "failed", "error", "errored"}
+)
 AGENT_FAILED = frozenset({"failed", "error", "errored"})
 
 
@@ -219,11 +220,17 @@ def decode_phase(raw: bytes, session_id: str) -> PhaseDoc | None:
         if doc is not None:
             log.debug("skipping %s: expected an object", what)
         return None
-    return PhaseDoc(**_pick(doc, {
-        "current": ("current", _text),
-        "previous": ("previous", _text),
-        "progress": ("progress", _number),
-    }, what))
+    return PhaseDoc(
+        **_pick(
+            doc,
+            {
+                "current": ("current", _text),
+                "previous": ("previous", _text),
+                "progress": ("progress", _number),
+            },
+            what,
+        )
+    )
 
 
 # ------------------------------------------------------------------------- agents

@@ -46,8 +46,9 @@ def publish_heartbeats(store: StateStore, bus: EventBus, now: float) -> int:
     return count
 
 
-async def run_heartbeat(store: StateStore, bus: EventBus, interval: float,
-                        clock: Callable[[], float] = time.time) -> None:
+async def run_heartbeat(
+    store: StateStore, bus: EventBus, interval: float, clock: Callable[[], float] = time.time
+) -> None:
     """Publish heartbeats every `interval` seconds until cancelled."""
     while True:
         await anyio.sleep(interval)

@@ -79,11 +79,22 @@ def _mtime_iso(path: Path) -> str | None:
 class SessionState:
     """One session's merged, in-memory view (what REST reads)."""
 
-    __slots__ = ("id", "dir", "record", "tasks", "managed", "ledger", "phase",
-                 "last_event", "seen", "announced")
+    __slots__ = (
+        "id",
+        "dir",
+        "record",
+        "tasks",
+        "managed",
+        "ledger",
+        "phase",
+        "last_event",
+        "seen",
+        "announced",
+    )
 
-    def __init__(self, session_id: str, directory: Path, record: Session, *,
-                 managed: bool = False) -> None:
+    def __init__(
+        self, session_id: str, directory: Path, record: Session, *, managed: bool = False
+    ) -> None:
         self.id = session_id
         self.dir = directory
         self.record = record
@@ -143,7 +154,8 @@ class StateStore:
         if self._sorted is None:
             self._sorted = sorted(
                 self._sessions.values(),
-                key=lambda s: (s.record.started_at or "", s.id), reverse=True,
+                key=lambda s: (s.record.started_at or "", s.id),
+                reverse=True,
             )
             self._views.clear()
         return self._sorted
@@ -191,8 +203,7 @@ class StateStore:
                 self._refresh(directory.name, publish=snapshots is not None)
         for session_id in [s for s in self._sessions if s not in on_disk]:
             self._session_file_removed(session_id)
-        log.info("state store loaded %d session(s) from %s", len(self._sessions),
-                 self.sessions_dir)
+        log.info("state store loaded %d session(s) from %s", len(self._sessions), self.sessions_dir)
 
     def snapshot_of(self, session_id: str) -> dict[str, Any] | None:
         """What a successor needs to diff this session against (None: forgotten)."""
@@ -263,7 +274,8 @@ class StateStore:
             raise ValueError(f"session {record.id} already exists")
         now = iso_timestamp(self._clock())
         record = msgspec.structs.replace(
-            record, started_at=record.started_at or now, updated_at=record.updated_at or now)
+            record, started_at=record.started_at or now, updated_at=record.updated_at or now
+        )
         directory = self.sessions_dir / record.id
         directory.mkdir(parents=True, exist_ok=True)
         state = SessionState(record.id, directory, record, managed=True)
@@ -408,8 +420,9 @@ class StateStore:
             phase = decode_phase(raw, state.id)
             if phase is None:
                 return
-            changes = self._phase_to(state, phase.current, previous=phase.previous,
-                                     progress=phase.progress)
+            changes = self._phase_to(
+                state, phase.current, previous=phase.previous, progress=phase.progress
+            )
         elif name == TASKS_FILE:
             tasks = decode_tasks(raw, state.id)
             if tasks is None:
@@ -448,8 +461,14 @@ class StateStore:
             changes += self._phase_to(state, new.current_phase)
         return changes
 
-    def _phase_to(self, state: SessionState, phase: str | None, *,
-                  previous: str | None = None, progress: float | None = None) -> list[Change]:
+    def _phase_to(
+        self,
+        state: SessionState,
+        phase: str | None,
+        *,
+        previous: str | None = None,
+        progress: float | None = None,
+    ) -> list[Change]:
         """Phase events for a reported phase, and remember it as announced."""
         changes = diff.phase_changes(state.phase, phase, previous=previous, progress=progress)
         if changes:
@@ -491,8 +510,12 @@ class StateStore:
             self.changed.add(session_id)
             if event_type == "phase:started" and isinstance(data, PhaseEventData):
                 # Through the same rule as phase.json: the old phase completes first.
-                self._publish(state, self._phase_to(
-                    state, data.phase, previous=data.previous_phase, progress=data.progress))
+                self._publish(
+                    state,
+                    self._phase_to(
+                        state, data.phase, previous=data.previous_phase, progress=data.progress
+                    ),
+                )
                 return
             if event_type.startswith("session:"):
                 if state.last_event == event_type:

@@ -33,8 +33,14 @@ log = logging.getLogger(__name__)
 # The kernel events we ask for. Opens and read-only closes (our own reads!)
 # and directory-modified events are left out at the inotify mask.
 EVENT_FILTER: list[type[FileSystemEvent]] = [
-    FileModifiedEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileMovedEvent,
-    DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
 ]
 
 
@@ -51,8 +57,9 @@ class PathFilter:
     are ignored; a rename is seen through its destination.
     """
 
-    def __init__(self, state_dir: Path, sessions_dir: Path, *,
-                 output_dir: Path | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, sessions_dir: Path, *, output_dir: Path | None = None
+    ) -> None:
         self.state_file = os.fspath(state_dir / STATE_FILE)
         self.sessions_dir = os.fspath(sessions_dir)
         self.output_dir = os.fspath(output_dir) if output_dir is not None else None

@@ -25,7 +25,8 @@ MAX_LINE = 64 * 1024
 READ_CHUNK = 1024 * 1024
 
 LEVEL_LINE = re.compile(
-    r"^\s*\[(DEBUG|INFO|WARN|WARNING|ERROR)\]\s*(?:\[([^\]]*)\]\s*)?(.*)$", re.IGNORECASE)
+    r"^\s*\[(DEBUG|INFO|WARN|WARNING|ERROR)\]\s*(?:\[([^\]]*)\]\s*)?(.*)$", re.IGNORECASE
+)
 
 Publish = Callable[[str, LogEventData, str], None]
 
@@ -82,9 +83,11 @@ class LogTailer:
     def positions_under(self, directory: Path) -> dict[str, tuple[int, int]]:
         """Where each log in `directory` was read up to: name → (inode, offset of the
         first byte not yet published), for a successor to go on from."""
-        return {path.name: (tail.inode, tail.offset - len(tail.partial))
-                for path, tail in self._tails.items()
-                if path.parent == directory and not tail.skipping}
+        return {
+            path.name: (tail.inode, tail.offset - len(tail.partial))
+            for path, tail in self._tails.items()
+            if path.parent == directory and not tail.skipping
+        }
 
     def poll_all(self) -> bool:
         """Poll every log file (after a rescan); True when one has more to read."""
@@ -133,7 +136,7 @@ class LogTailer:
             if newline < 0:
                 return
             tail.skipping = False
-            data = data[newline + 1:]
+            data = data[newline + 1 :]
         lines = (tail.partial + data).split(b"\n")
         tail.partial = lines.pop()
         if len(tail.partial) > self.max_line:
@@ -149,6 +152,8 @@ class LogTailer:
         if not text.strip():
             return
         level, source, message = parse_log_line(text)
-        self.publish(f"log:{level}", LogEventData(
-            level=level, message=message, source=source, context={"file": file_name}),
-            session_id)
+        self.publish(
+            f"log:{level}",
+            LogEventData(level=level, message=message, source=source, context={"file": file_name}),
+            session_id,
+        )

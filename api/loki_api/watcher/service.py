@@ -109,9 +109,15 @@ class _OverflowListener(logging.Handler):
 class StateWatcher:
     """Watches `.loki/` and feeds the store and the log tailer."""
 
-    def __init__(self, settings: Settings, store: StateStore, bus: EventBus, *,
-                 check_interval: float = 0.5,
-                 on_output: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        bus: EventBus,
+        *,
+        check_interval: float = 0.5,
+        on_output: Callable[[str], None] | None = None,
+    ) -> None:
         self.settings = settings
         # Told the session id when a session's output copy grows (the supervisor reads it).
         self.on_output = on_output
@@ -125,8 +131,9 @@ class StateWatcher:
         self.restarts = 0
         # Output is watched here only for a manager without its own `OutputWatch`.
         self.output_dir = settings.output_dir if on_output is not None else None
-        self._wanted = PathFilter(settings.state_dir, settings.sessions_dir,
-                                  output_dir=self.output_dir)
+        self._wanted = PathFilter(
+            settings.state_dir, settings.sessions_dir, output_dir=self.output_dir
+        )
         self._observer: BaseObserver | None = None
         self._coalescer: Coalescer | None = None
         self._overflow: _OverflowListener | None = None
@@ -190,14 +197,20 @@ class StateWatcher:
         try:
             # Two watches rather than all of `.loki/`: the durable event log under
             # `.loki/events/` is written on every event and must not wake us up.
-            observer.schedule(handler, os.fspath(self.sessions_dir), recursive=True,
-                              event_filter=EVENT_FILTER)
-            observer.schedule(handler, os.fspath(self.settings.state_dir), recursive=False,
-                              event_filter=EVENT_FILTER)
+            observer.schedule(
+                handler, os.fspath(self.sessions_dir), recursive=True, event_filter=EVENT_FILTER
+            )
+            observer.schedule(
+                handler,
+                os.fspath(self.settings.state_dir),
+                recursive=False,
+                event_filter=EVENT_FILTER,
+            )
             if self.output_dir is not None:
                 self.output_dir.mkdir(parents=True, exist_ok=True)
-                observer.schedule(handler, os.fspath(self.output_dir), recursive=True,
-                                  event_filter=EVENT_FILTER)
+                observer.schedule(
+                    handler, os.fspath(self.output_dir), recursive=True, event_filter=EVENT_FILTER
+                )
             observer.start()
         except BaseException:
             observer.stop()  # also ends the inotify reader thread the observer began with
