@@ -1,5 +1,7 @@
 # Sourced by scripts/demo and scripts/test: make .venv and install the project into it.
-# Re-installs only when pyproject.toml changed since the last install.
+# Two distributions live here: loki-client (the SDK, client/) and loki-api (the
+# server, the root, which depends on loki-client); both are installed editable.
+# Re-installs only when either pyproject.toml changed since the last install.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -7,10 +9,10 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
-stamp="$VENV/.installed-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" "$ROOT/client/pyproject.toml" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]"
+  "$VENV/bin/python" -m pip install --quiet -e "$ROOT/client" -e "$ROOT[dev]"
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi

@@ -11,7 +11,30 @@
 Structs shared with the server (`loki_api.models`); errors are `LokiError`s.
 """
 
-from loki_api.models import (
+from ._async_client import AsyncLokiClient
+from ._client import LokiClient
+from ._exceptions import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    LokiApiError,
+    LokiConnectionError,
+    LokiDecodeError,
+    LokiError,
+    NotFound,
+    PayloadTooLarge,
+    ProviderNotAvailable,
+    RateLimited,
+    ServerError,
+    ServiceUnavailable,
+    SessionAlreadyRunning,
+    SessionNotFound,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationError,
+)
+from ._stream import AsyncEventStream, EventStream
+from .models import (
     Agent,
     AgentCounts,
     AgentEventData,
@@ -39,30 +62,6 @@ from loki_api.models import (
     TaskList,
     TaskQueue,
 )
-
-from ._async_client import AsyncLokiClient
-from ._client import LokiClient
-from ._exceptions import (
-    BadRequest,
-    Conflict,
-    Forbidden,
-    LokiApiError,
-    LokiConnectionError,
-    LokiDecodeError,
-    LokiError,
-    NotFound,
-    PayloadTooLarge,
-    ProviderNotAvailable,
-    RateLimited,
-    ServerError,
-    ServiceUnavailable,
-    SessionAlreadyRunning,
-    SessionNotFound,
-    Unauthorized,
-    UnsupportedMediaType,
-    ValidationError,
-)
-from ._stream import AsyncEventStream, EventStream
 
 __all__ = [
     # clients and streams

@@ -9,7 +9,10 @@ from typing import Any, TypeVar
 
 import httpx
 
-from loki_api.models import (
+from . import _base
+from ._base import DEFAULT_TIMEOUT, Call
+from ._stream import AsyncEventStream
+from .models import (
     DeleteResponse,
     Event,
     EventStats,
@@ -23,10 +26,6 @@ from loki_api.models import (
     TaskList,
     TaskQueue,
 )
-
-from . import _base
-from ._base import DEFAULT_TIMEOUT, Call
-from ._stream import AsyncEventStream
 
 __all__ = ["AsyncLokiClient"]
 

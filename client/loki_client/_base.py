@@ -19,7 +19,8 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from loki_api.models import (
+from ._exceptions import LokiConnectionError, LokiDecodeError, LokiError, api_error
+from .models import (
     ApiError,
     DeleteResponse,
     Event,
@@ -37,8 +38,6 @@ from loki_api.models import (
     TaskQueue,
     decode_event,
 )
-
-from ._exceptions import LokiConnectionError, LokiDecodeError, LokiError, api_error
 
 DEFAULT_URL = "http://127.0.0.1:8420"
 DEFAULT_TIMEOUT = 30.0

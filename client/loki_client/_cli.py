@@ -20,7 +20,9 @@ from typing import Any, NoReturn, TextIO
 
 import msgspec
 
-from loki_api.models import (
+from ._client import LokiClient
+from ._exceptions import LokiApiError, LokiError
+from .models import (
     AgentEventData,
     Event,
     HeartbeatEventData,
@@ -31,9 +33,6 @@ from loki_api.models import (
     SessionEventData,
     TaskEventData,
 )
-
-from ._client import LokiClient
-from ._exceptions import LokiApiError, LokiError
 
 PROG = "loki"
 

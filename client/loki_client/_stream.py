@@ -40,8 +40,6 @@ from typing import Any
 import anyio
 import httpx
 
-from loki_api.models import Event
-
 from ._base import (
     Call,
     Params,
@@ -53,6 +51,7 @@ from ._base import (
 )
 from ._exceptions import LokiApiError, LokiError, RateLimited
 from ._sse import ServerSentEvent, SSEDecoder
+from .models import Event
 
 __all__ = ["EventStream", "AsyncEventStream"]
 
