@@ -245,3 +245,18 @@ async def serve_in_process(settings: Any) -> AsyncIterator[InProcessServer]:
         finally:
             server.should_exit = True
     sock.close()
+
+
+@asynccontextmanager
+async def asgi_client(runtime: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process client of an app around `runtime`, with the runtime running.
+
+    ASGITransport does not run the lifespan, so the runtime (watcher included) runs around it.
+    """
+    from loki_api.app import create_app
+
+    app = create_app(runtime.settings, runtime)
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    async with runtime.run():
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8420") as c:
+            yield c

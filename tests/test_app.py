@@ -18,6 +18,8 @@ from loki_api.params import json_response, query_choice, query_int, read_json
 from loki_api.runtime import Runtime
 from loki_api.settings import Settings
 
+from .support import asgi_client
+
 
 @pytest.fixture
 def runtime(tmp_path: Path) -> Runtime:
@@ -26,12 +28,8 @@ def runtime(tmp_path: Path) -> Runtime:
 
 @pytest.fixture
 async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(runtime.settings, runtime)
-    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
-    # ASGITransport does not run the lifespan: run the runtime (watcher included) around it.
-    async with runtime.run():
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8420") as c:
-            yield c
+    async with asgi_client(runtime) as c:
+        yield c
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict:

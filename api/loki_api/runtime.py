@@ -21,6 +21,7 @@ import anyio
 
 from .bus import EventBus
 from .eventlog import EventLog
+from .health_problems import HealthProblems
 from .models import ReadyCheck, SessionCounts
 from .providers import ProviderCache
 from .sessions.manager import SessionManager
@@ -44,6 +45,8 @@ class Runtime:
         self.settings = settings
         self.started_at = time.monotonic()
         self.providers = ProviderCache()
+        # Problems that make `/health` degraded (and some `/health/ready` fail).
+        self.health = HealthProblems()
         self.bus = EventBus(history=settings.history, max_pending=settings.max_pending)
         self.checks: dict[str, Check] = {"stateDir": self.state_dir_writable}
         self.store = StateStore(settings, self.bus)
@@ -54,6 +57,8 @@ class Runtime:
         on_output = None if self.sessions.output_watch is not None else self.sessions.wake
         self.watcher = StateWatcher(settings, self.store, self.bus, on_output=on_output)
         self.add_check("watcher", self.watcher.problem)
+        if self.cli_problem() is not None:
+            self.health.report("cli", self.cli_problem() or "")
 
     @property
     def uptime(self) -> float:
@@ -125,6 +130,8 @@ class Runtime:
         self.checks[name] = check
 
     def run_checks(self) -> dict[str, ReadyCheck]:
+        """The vital checks (a failure is `unhealthy`), then the reported problems
+        that block readiness (`degraded`, but not ready)."""
         results = {}
         for name, check in self.checks.items():
             try:
@@ -132,6 +139,9 @@ class Runtime:
             except Exception as exc:  # a broken check is a failing check, not a 500
                 problem = f"check raised {type(exc).__name__}: {exc}"
             results[name] = ReadyCheck(ok=problem is None, detail=problem)
+        for name, reason in self.health.not_ready().items():
+            if results.get(name, ReadyCheck(ok=True)).ok:
+                results[name] = ReadyCheck(ok=False, detail=reason)
         return results
 
     def session_counts(self) -> SessionCounts:

@@ -383,6 +383,8 @@ class Health(Record, kw_only=True):
     providers: ProviderAvailability
     active_session: str | None = None
     cli: str | None = None
+    # Why the status is `degraded`: problem key → reason (empty when healthy).
+    problems: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class ReadyCheck(Record, kw_only=True):

@@ -32,10 +32,11 @@ def format_uptime(seconds: float) -> str:
 async def health(request: Request) -> Response:
     runtime = runtime_of(request)
     checks = runtime.run_checks()
-    failing = [name for name, check in checks.items() if not check.ok]
-    status = "unhealthy" if failing else "healthy"
-    if not failing and runtime.cli_problem() is not None:
-        status = "degraded"  # serving, but cannot start sessions
+    # A vital check failing (state dir unusable, watcher dead) is unhealthy; a
+    # reported problem (disk full, a file skipped, no CLI) is degraded: still serving.
+    unhealthy = any(not check.ok for name, check in checks.items() if name in runtime.checks)
+    problems = runtime.health.reasons()
+    status = "unhealthy" if unhealthy else "degraded" if problems else "healthy"
     body = Health(
         status=status,
         version=__version__,
@@ -43,6 +44,7 @@ async def health(request: Request) -> Response:
         providers=runtime.providers.get(),
         active_session=runtime.active_session(),
         cli=runtime.cli_description(),
+        problems=problems,
     )
     return json_response(body, status=503 if status == "unhealthy" else 200)
 
