@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from loki_api.app import create_app
-from loki_api.errors import ApiError, _api_error
+from loki_api.errors import exception_handlers
 from loki_api.models import Health, LogEventData, Readiness, Status
 from loki_api.params import json_response, query_choice, query_int, read_json
 from loki_api.runtime import Runtime
@@ -157,7 +157,8 @@ async def echo(request: Request) -> Response:
 @pytest.fixture
 async def echo_client() -> AsyncIterator[httpx.AsyncClient]:
     app = Starlette(
-        routes=[Route("/echo", echo, methods=["POST"])], exception_handlers={ApiError: _api_error}
+        routes=[Route("/echo", echo, methods=["POST"])],
+        exception_handlers=exception_handlers(debug=False),
     )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         yield c

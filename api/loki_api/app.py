@@ -8,12 +8,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import ApiError, _api_error, _http_error, make_unexpected_handler
+from .errors import exception_handlers
 from .routes import build_routes
 from .routes.events import EventStreamApp
 from .runtime import Runtime
@@ -109,11 +108,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         routes=build_routes(),
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={
-            ApiError: _api_error,
-            HTTPException: _http_error,
-            Exception: make_unexpected_handler(settings.log_level == "debug"),
-        },
+        exception_handlers=exception_handlers(debug=settings.log_level == "debug"),
     )
     app.state.runtime = runtime
     return app

@@ -1,11 +1,14 @@
-"""API errors and their JSON answers.
+"""HTTP errors and their JSON answers: the one place where failures become HTTP.
 
-Every error leaves the server as `{"error": message, "code": CODE, "details"?}`.
-Route code raises `ApiError` (or a subclass); the handlers installed by
-`install_error_handlers` turn it, Starlette's `HTTPException`, and any other
-exception into that shape. A stack trace is never sent (it is logged).
+Every error leaves the server as `{"error": message, "code": CODE, "details"?}`
+(the wire type `models.ApiError`). Edge code (routes, request parsing) raises
+`HttpError` (or a subclass); the session manager raises its own domain errors
+(`sessions.errors.SessionError`), which `SESSION_ERROR_ANSWERS` maps to a status
+and code. The handlers of `exception_handlers` turn those, Starlette's
+`HTTPException`, and any other exception into that shape. A stack trace is
+never sent (it is logged).
 
-    ApiError(code, message, status, details)
+    HttpError(code, message, status, details)
      ├── BadRequest            400 BAD_REQUEST
      ├── NotFound              404 NOT_FOUND / SESSION_NOT_FOUND
      ├── Conflict              409 CONFLICT / SESSION_ALREADY_RUNNING
@@ -16,6 +19,7 @@ exception into that shape. A stack trace is never sent (it is logged).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -24,8 +28,17 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 
 from .encoding import encode
-from .models import ApiError as ApiErrorBody
+from .models import ApiError
 from .responses import JSON_MEDIA_TYPE
+from .sessions.errors import (
+    CliUnavailable,
+    LaunchFailed,
+    ManagerNotRunning,
+    SessionError,
+    SessionLimitReached,
+    UnknownSession,
+    WrongState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +59,7 @@ CODE_FOR_STATUS: dict[int, str] = {
 }
 
 
-class ApiError(Exception):
+class HttpError(Exception):
     """An error answer with a status, a machine-readable code and optional details."""
 
     status = 500
@@ -71,23 +84,23 @@ class ApiError(Exception):
         self.headers = headers
 
 
-class BadRequest(ApiError):
+class BadRequest(HttpError):
     status, code = 400, "BAD_REQUEST"
 
 
-class NotFound(ApiError):
+class NotFound(HttpError):
     status, code = 404, "NOT_FOUND"
 
 
-class Conflict(ApiError):
+class Conflict(HttpError):
     status, code = 409, "CONFLICT"
 
 
-class ValidationFailed(ApiError):
+class ValidationFailed(HttpError):
     status, code = 422, "VALIDATION_ERROR"
 
 
-class ServiceUnavailable(ApiError):
+class ServiceUnavailable(HttpError):
     status, code = 503, "SERVICE_UNAVAILABLE"
 
 
@@ -98,15 +111,41 @@ def error_response(
     details: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    body = ApiErrorBody(
+    body = ApiError(
         error=message, code=code or CODE_FOR_STATUS.get(status, "ERROR"), details=details
     )
     return Response(encode(body), status_code=status, headers=headers, media_type=JSON_MEDIA_TYPE)
 
 
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HttpError)
     return error_response(exc.status, exc.message, exc.code, exc.details, exc.headers)
+
+
+# The session manager's refusals as HTTP: status and code of each domain error.
+SESSION_ERROR_ANSWERS: dict[type[SessionError], tuple[int, str]] = {
+    UnknownSession: (404, "SESSION_NOT_FOUND"),
+    WrongState: (409, "CONFLICT"),
+    SessionLimitReached: (409, "SESSION_ALREADY_RUNNING"),
+    CliUnavailable: (503, "PROVIDER_NOT_AVAILABLE"),
+    ManagerNotRunning: (503, "SERVICE_UNAVAILABLE"),
+    LaunchFailed: (500, "CLI_ERROR"),
+}
+
+
+def session_error_answer(exc: SessionError) -> HttpError:
+    """The HTTP error for a domain error of the session manager."""
+    status, code = next(
+        (SESSION_ERROR_ANSWERS[cls] for cls in type(exc).__mro__ if cls in SESSION_ERROR_ANSWERS),
+        (500, "INTERNAL_ERROR"),
+    )
+    details = {"sessionId": exc.running} if isinstance(exc, SessionLimitReached) else None
+    return HttpError(exc.message, status=status, code=code, details=details)
+
+
+async def _session_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SessionError)
+    return await _http_error(request, session_error_answer(exc))
 
 
 _HTTP_MESSAGES = {
@@ -129,7 +168,7 @@ def allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
+async def _starlette_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = _HTTP_MESSAGES.get(exc.status_code) or exc.detail
     headers = exc.headers
@@ -141,10 +180,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, message, headers=headers)
 
 
-def make_unexpected_handler(debug: bool):  # type: ignore[no-untyped-def]
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+def exception_handlers(debug: bool) -> dict[Any, Handler]:
+    """Starlette's `exception_handlers`: every exception becomes the one error shape."""
+
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         details = {"exception": f"{type(exc).__name__}: {exc}"} if debug else None
         return error_response(500, "Internal server error", "INTERNAL_ERROR", details)
 
-    return _unexpected
+    return {
+        HttpError: _http_error,
+        SessionError: _session_error,
+        HTTPException: _starlette_http_error,
+        Exception: _unexpected,
+    }

@@ -8,7 +8,7 @@ from typing import TypeVar
 import msgspec
 from starlette.requests import Request
 
-from .errors import ApiError, BadRequest, ValidationFailed
+from .errors import BadRequest, HttpError, ValidationFailed
 from .responses import json_response
 
 __all__ = ["read_json", "query_int", "query_choice", "json_response", "MAX_BODY_BYTES"]
@@ -31,12 +31,12 @@ async def read_json(request: Request, type: type[T]) -> T:
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY_BYTES:
-            raise ApiError("Request body exceeds 1 MiB", status=413, code="PAYLOAD_TOO_LARGE")
+            raise HttpError("Request body exceeds 1 MiB", status=413, code="PAYLOAD_TOO_LARGE")
     if media != "application/json" and not media.endswith("+json"):
         if not body and not content_type:
             body = bytearray(b"{}")  # a POST with no body at all means "all defaults"
         else:
-            raise ApiError(
+            raise HttpError(
                 f"Content-Type must be application/json, not {media or 'missing'}",
                 status=415,
                 code="UNSUPPORTED_MEDIA_TYPE",

@@ -9,7 +9,6 @@ one cancel.
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -89,9 +88,6 @@ class Runtime:
                 await tg.start(self.watcher.run)
                 tg.start_soon(run_heartbeat, self.store, self.bus, settings.heartbeat)
                 tg.start_soon(self._save_snapshots)
-                # Everything alive now lives as long as the server: keep it out of the
-                # garbage collector's scans, which otherwise show up as latency spikes.
-                gc.freeze()
                 yield
                 tg.cancel_scope.cancel()
         finally:

@@ -12,7 +12,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ..bus import EventBus
-from ..errors import ApiError, BadRequest, error_response
+from ..errors import BadRequest, HttpError, error_response
 from ..eventlog import seq_of
 from ..filters import EventFilter, FilterError
 from ..models import EventStats
@@ -95,7 +95,7 @@ class EventStreamApp:
                 await head(scope, receive, send)
                 return
             stream = await stream_events(request)
-        except ApiError as exc:
+        except HttpError as exc:
             response = error_response(exc.status, exc.message, exc.code, exc.details, exc.headers)
             response.raw_headers.extend(headers)
             await response(scope, receive, send)

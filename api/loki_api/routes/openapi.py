@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..encoding import encode
-from ..errors import ApiError
+from ..errors import HttpError
 from ..responses import JSON_MEDIA_TYPE
 
 CHECKOUT_SPEC = Path(__file__).resolve().parents[3] / "openapi" / "openapi.yaml"
@@ -30,7 +30,7 @@ def spec_text() -> str:
         return packaged.read_text(encoding="utf-8")
     if CHECKOUT_SPEC.is_file():
         return CHECKOUT_SPEC.read_text(encoding="utf-8")
-    raise ApiError(
+    raise HttpError(
         "OpenAPI document not found: neither loki_api/openapi.yaml (installed package) "
         f"nor {CHECKOUT_SPEC} (source checkout) exists",
         status=500,

@@ -32,12 +32,19 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ..bus import EventBus
-from ..errors import ApiError, Conflict, NotFound, ServiceUnavailable
 from ..models import LogEventData, Session, SessionCounts
 from ..settings import Settings
 from ..state import SessionState, StateStore, valid_session_id
 from . import control
 from .cli_resolution import CliCommand, resolve_cli
+from .errors import (
+    CliUnavailable,
+    LaunchFailed,
+    ManagerNotRunning,
+    SessionLimitReached,
+    UnknownSession,
+    WrongState,
+)
 from .output_watch import OutputWatch
 from .process import (
     EXIT_FILE,
@@ -294,18 +301,11 @@ class SessionManager:
         With `timeout` (seconds) the session is stopped if it is still running then.
         """
         if not self.cli.available:
-            raise ServiceUnavailable(
-                self.cli.problem or "No Loki CLI available", code="PROVIDER_NOT_AVAILABLE"
-            )
+            raise CliUnavailable(self.cli.problem or "No Loki CLI available")
         if self._tg is None:
-            raise ServiceUnavailable("The session manager is not running")
+            raise ManagerNotRunning()
         if len(self._supervised) >= self.settings.max_sessions:
-            running = next(iter(self._supervised))
-            raise Conflict(
-                f"A session is already running: {running}",
-                code="SESSION_ALREADY_RUNNING",
-                details={"sessionId": running},
-            )
+            raise SessionLimitReached(next(iter(self._supervised)))
         session_id = f"session_{int(time.time() * 1000)}_{secrets.token_hex(4)}"
         state = self.store.create(
             Session(id=session_id, prd_path=prd_path, provider=provider, status="starting")
@@ -328,10 +328,8 @@ class SessionManager:
             )
         except OSError as exc:
             self.store.update_record(session_id, status="failed")
-            raise ApiError(
-                f"Cannot start the Loki CLI ({argv[0]}): {exc.strerror or exc}",
-                status=500,
-                code="CLI_ERROR",
+            raise LaunchFailed(
+                f"Cannot start the Loki CLI ({argv[0]}): {exc.strerror or exc}"
             ) from None
         (state.dir / SUPERVISOR_FILE).write_text(
             json.dumps({"pid": proc.pid, "server": os.getpid(), "argv": argv})
@@ -348,7 +346,7 @@ class SessionManager:
         """SIGTERM the session's process group now, SIGKILL after the grace period."""
         state = self._session(session_id)
         if state.record.status not in ("starting", "running", "paused"):
-            raise Conflict(f"Session {session_id} is not running (status: {state.record.status})")
+            raise WrongState(f"Session {session_id} is not running (status: {state.record.status})")
         sup = self._supervised.get(session_id)
         record = self.store.update_record(session_id, status="stopping")
         if sup is not None:
@@ -363,14 +361,14 @@ class SessionManager:
     def pause(self, session_id: str) -> Session:
         state = self._session(session_id)
         if state.record.status != "running":
-            raise Conflict(f"Session {session_id} is not running (status: {state.record.status})")
+            raise WrongState(f"Session {session_id} is not running (status: {state.record.status})")
         control.write_pause(state.dir)
         return self.store.update_record(session_id, status="paused")
 
     def resume(self, session_id: str) -> Session:
         state = self._session(session_id)
         if state.record.status != "paused":
-            raise Conflict(f"Session {session_id} is not paused (status: {state.record.status})")
+            raise WrongState(f"Session {session_id} is not paused (status: {state.record.status})")
         control.clear_pause(state.dir)
         return self.store.update_record(session_id, status="running")
 
@@ -378,7 +376,7 @@ class SessionManager:
         """Deliver human input; returns "fifo" or "file" (how it was delivered)."""
         state = self._session(session_id)
         if state.record.status not in INPUT_STATUSES:
-            raise Conflict(
+            raise WrongState(
                 f"Session {session_id} is not accepting input (status: {state.record.status})"
             )
         how = control.inject_input(state.dir, text)
@@ -404,7 +402,7 @@ class SessionManager:
         if session_id in self._supervised or (
             record.status in ACTIVE_STATUSES and (record.pid is None or process_alive(record.pid))
         ):
-            raise Conflict(f"Session {session_id} is still running; stop it first")
+            raise WrongState(f"Session {session_id} is still running; stop it first")
         self.store.remove(session_id)
         shutil.rmtree(state.dir, ignore_errors=True)
         shutil.rmtree(self._output_of(session_id), ignore_errors=True)
@@ -447,7 +445,7 @@ class SessionManager:
     def _session(self, session_id: str) -> SessionState:
         state = self.store.get(session_id) if valid_session_id(session_id) else None
         if state is None:
-            raise NotFound(f"Session not found: {session_id}", code="SESSION_NOT_FOUND")
+            raise UnknownSession(session_id)
         return state
 
     def _watch(self, sup: Supervised) -> None:
