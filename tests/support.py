@@ -23,7 +23,8 @@ from typing import Any
 import anyio
 import httpx
 
-URL_LINE = re.compile(r"url\s+(https?://\S+)")
+# The banner's URL, as text (`url  http://...`) or as JSON (`"url": "http://..."`).
+URL_LINE = re.compile(r'url"?:?\s+"?(https?://[^\s"]+)')
 
 
 class ServerProcess:

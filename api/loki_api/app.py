@@ -10,14 +10,17 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .access import AccessMiddleware
 from .errors import exception_handlers
 from .routes import build_routes
 from .routes.events import EventStreamApp
 from .runtime import Runtime
 from .security import EVENTS_PATH, RateLimitMiddleware, RateWindows, SecurityMiddleware
 from .settings import Settings
+from .tally import HttpTally
 
 # Default CORS: pages served from a loopback origin, on any port.
 LOOPBACK_ORIGIN_REGEX = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
@@ -45,19 +48,30 @@ def cors_middleware(settings: Settings) -> Middleware:
 
 
 class LokiApp(Starlette):
-    """Starlette, with `GET /api/events` short-circuited to its middleware-free app."""
+    """Starlette, with `GET /api/events` short-circuited to its middleware-free app.
 
-    def __init__(self, *args: Any, stream_app: ASGIApp, **kwargs: Any) -> None:
+    Every HTTP request, the stream's too, first passes the access log and HTTP
+    counts (`access.py`).
+    """
+
+    def __init__(self, *args: Any, stream_app: ASGIApp, tally: HttpTally, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stream_app = stream_app
+        self.observed = AccessMiddleware(self.dispatch, tally)
+        self.stream_route: BaseRoute | None = next(
+            (r for r in self.routes if getattr(r, "path", None) == EVENTS_PATH), None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["path"] == EVENTS_PATH
-            and scope["method"] in ("GET", "HEAD")
-        ):
+        if scope["type"] == "http":
+            await self.observed(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == EVENTS_PATH and scope["method"] in ("GET", "HEAD"):
             scope["app"] = self
+            scope["route"] = self.stream_route  # what the router would have matched
             await self.stream_app(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
@@ -105,6 +119,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     app = LokiApp(
         stream_app=stream_stack(settings, windows),
+        tally=runtime.http,
         routes=build_routes(),
         middleware=middleware,
         lifespan=lifespan,

@@ -45,6 +45,7 @@ from .encoding import decode_raw_event, encode
 from .eventlog import EventLog, seq_of
 from .filters import MATCH_ALL, EventFilter
 from .models import Event
+from .tally import Buckets
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,15 @@ class EventBus:
         self.delivered = 0
         self.dropped = 0
         self.by_type: Counter[str] = Counter()
+        # Read by /metrics at scrape time (`metrics.py`); plain numbers, so counting is free.
+        self.cutoffs = 0  # streams cut off as too slow
+        self.gaps = 0  # resumes from an id older than the history holds
+        self.replays = 0  # subscriptions that asked for history
+        self.replayed = 0  # events handed to them as replay
+        # Publish -> socket write, once per loop turn: from the turn's first publish
+        # to the end of the tick that wrote it (the oldest event's wait).
+        self.write_latency = Buckets()
+        self._turn_published_at: float | None = None
         if log is not None:
             self.attach_log(log)
 
@@ -186,6 +196,11 @@ class EventBus:
     @property
     def subscriber_count(self) -> int:
         return sum(len(group) for group in self._groups.values())
+
+    @property
+    def log_write_errors(self) -> int:
+        """Failed writes of the durable log."""
+        return self._log.write_errors if self._log is not None else 0
 
     def subscribers(self) -> list[Subscriber]:
         return [sub for group in self._groups.values() for sub in (*group.live, *group.waiting)]
@@ -214,6 +229,8 @@ class EventBus:
         self._history.append(stored)
         self.published += 1
         self.by_type[type] += 1
+        if self._turn_published_at is None:
+            self._turn_published_at = now
         if self._log is not None:
             self._log.append(stored.json)
         frame = stored.frame
@@ -296,6 +313,11 @@ class EventBus:
                 continue
             if caught_up and not subscriber.closed and not subscriber.live:
                 self._go_live(subscriber)
+        published_at = self._turn_published_at
+        if published_at is not None:
+            self._turn_published_at = None
+            if groups or dirty:  # something went to a socket (not only to the durable log)
+                self.write_latency.observe(max(time.time() - published_at, 0.0))
 
     def _go_live(self, subscriber: Subscriber) -> None:
         """A waiting subscriber caught up: its frames come as its group's batches from now on."""
@@ -365,6 +387,9 @@ class EventBus:
             replay = self.history(event_filter, limit=last)
         else:
             replay = []
+        if after_id is not None or last > 0:
+            self.replays += 1
+            self.replayed += len(replay)
         if event_filter == MATCH_ALL:
             event_filter = MATCH_ALL  # share the identity fast path in publish
         subscriber = Subscriber(event_filter)
@@ -390,6 +415,7 @@ class EventBus:
 
     def _cut_off(self, subscriber: Subscriber) -> None:
         subscriber.overflowed = True
+        self.cutoffs += 1
         self.dropped += 1  # the frame that did not fit; the client resumes from its last id
         self.close_subscriber(subscriber)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from .settings import DEFAULT_PORT, Settings, SettingsError, env_float, env_int
+from .settings import DEFAULT_PORT, LOG_FORMATS, Settings, SettingsError, env_float, env_int
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--rate-limit", type=int, help="requests per minute per client (LOKI_RATE_LIMIT, off)")
     add("--log-level", choices=LOG_LEVELS, help="server log level (LOKI_LOG_LEVEL, info)")
+    add(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="server log lines as text or one JSON object each (LOKI_LOG_FORMAT, text)",
+    )
+    add("--metrics-public", action="store_true", help="serve /metrics without auth")
     add("--keepalive", type=float, help="seconds between SSE keep-alive comments (15)")
     add("--version", action="version", version=f"loki-api {__version__}")
     return parser
@@ -81,6 +87,9 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         log_level = "warning"
     if log_level not in LOG_LEVELS:
         raise SettingsError(f"LOKI_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    log_format = args.log_format or env.get("LOKI_LOG_FORMAT", "").strip().lower() or "text"
+    if log_format not in LOG_FORMATS:
+        raise SettingsError(f"LOKI_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
     origins_raw = args.cors_origins or env.get("LOKI_API_CORS", "")
     tls_cert = args.tls_cert or (Path(env["LOKI_TLS_CERT"]) if env.get("LOKI_TLS_CERT") else None)
     tls_key = args.tls_key or (Path(env["LOKI_TLS_KEY"]) if env.get("LOKI_TLS_KEY") else None)
@@ -103,6 +112,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         stop_sessions_on_exit=args.stop_sessions_on_exit,
         rate_limit=int(pick(args.rate_limit, env_int(env, "LOKI_RATE_LIMIT"), 0)),  # type: ignore[call-overload]
         log_level=log_level,
+        log_format=log_format,
+        metrics_public=args.metrics_public,
         keepalive=float(pick(args.keepalive, env_float(env, "LOKI_SSE_KEEPALIVE"), 15.0)),  # type: ignore[arg-type]
     )
     validate(settings)

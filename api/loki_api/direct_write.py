@@ -42,7 +42,13 @@ class DirectChunkWriter:
 
     @classmethod
     def of(cls, send: Send) -> DirectChunkWriter | None:
-        """A writer for the response `send` belongs to, or None when that is not safe."""
+        """A writer for the response `send` belongs to, or None when that is not safe.
+
+        A wrapper that sets `__wrapped__` (`access.ResponseStart`) only needs to
+        see the response start, which went through it already: it is looked through.
+        """
+        while (inner := getattr(send, "__wrapped__", None)) is not None:
+            send = inner
         cycle = getattr(send, "__self__", None)
         if type(cycle).__module__ != UVICORN_HTTPTOOLS_CYCLE:
             return None

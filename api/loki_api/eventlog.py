@@ -48,6 +48,7 @@ class EventLog:
         self._file = open(self._path, "ab")  # noqa: SIM115 - lives as long as the log
         self._size = self._file.tell()
         self._buffer: list[bytes] = []
+        self.write_errors = 0  # failed flushes, for /metrics
 
     def load_tail(self, limit: int) -> tuple[list[tuple[int, bytes]], int]:
         """The last `limit` events as `(seq, json)` pairs, and the highest seq on disk.
@@ -85,6 +86,7 @@ class EventLog:
             self._file.write(chunk)
             self._file.flush()
         except OSError as exc:  # a full disk must not stop the stream; say so and go on
+            self.write_errors += 1
             log.error("cannot write event log %s: %s", self._path, exc)
             return
         self._size += len(chunk)

@@ -21,6 +21,7 @@ import anyio
 from .bus import EventBus
 from .eventlog import EventLog
 from .health_problems import HealthProblems
+from .metrics import metrics_registry
 from .models import ReadyCheck, SessionCounts
 from .providers import ProviderCache
 from .sessions.manager import SessionManager
@@ -28,6 +29,7 @@ from .settings import Settings
 from .state import StateStore, valid_session_id
 from .state.heartbeat import run_heartbeat
 from .state.snapshot import SnapshotDir
+from .tally import HttpTally
 from .watcher import StateWatcher
 
 # Seconds between saves of changed sessions' snapshots (what a restart diffs against).
@@ -58,6 +60,10 @@ class Runtime:
         self.add_check("watcher", self.watcher.problem)
         if self.cli_problem() is not None:
             self.health.report("cli", self.cli_problem() or "")
+        self.snapshot_write_errors = 0
+        self.http = HttpTally()  # filled by `access.AccessMiddleware`
+        # This app's own registry: two apps in one process each export their own numbers.
+        self.metrics = metrics_registry(self)
 
     @property
     def uptime(self) -> float:
@@ -113,6 +119,7 @@ class Runtime:
                 else:
                     self.snapshots.save(session_id, snapshot)
             except OSError as exc:
+                self.snapshot_write_errors += 1
                 log.warning("cannot save the state snapshot of %s: %s", session_id, exc)
                 self.store.changed.add(session_id)
 

@@ -27,6 +27,7 @@ from .errors import error_response
 from .settings import Settings, is_loopback_host
 
 EVENTS_PATH = "/api/events"
+METRICS_PATH = "/metrics"
 
 
 def is_loopback_peer(scope: Scope) -> bool:
@@ -108,6 +109,8 @@ class SecurityMiddleware:
                 return 403, "FORBIDDEN", f"Host {host!r} is not allowed for a loopback server"
         path: str = scope.get("path", "")
         if not settings.auth or path == "/health" or path.startswith("/health/"):
+            return None
+        if path == METRICS_PATH and settings.metrics_public:
             return None
         if is_loopback_peer(scope):
             return None

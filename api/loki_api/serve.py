@@ -11,6 +11,7 @@ import uvicorn
 
 from . import __version__
 from .app import create_app
+from .logformat import JsonFormatter, configure_logging
 from .runtime import Runtime
 from .settings import Settings
 
@@ -59,7 +60,8 @@ def bind_socket(settings: Settings) -> socket.socket:
     return sock
 
 
-def banner(settings: Settings, runtime: Runtime, port: int) -> str:
+def banner_fields(settings: Settings, runtime: Runtime, port: int) -> dict[str, str]:
+    """What start-up says: version, URL, state dir, CLI in use, auth mode (and a note)."""
     auth = (
         "off (--no-auth)"
         if not settings.auth
@@ -68,24 +70,39 @@ def banner(settings: Settings, runtime: Runtime, port: int) -> str:
         else "loopback only (no token set)"
     )
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    lines = [
-        f"Loki API {__version__}",
-        f"  url        {settings.scheme}://{host}:{port}",
-        f"  state dir  {settings.state_dir}",
-        f"  cli        {runtime.cli_description() or 'none found'}",
-        f"  auth       {auth}",
-    ]
+    fields = {
+        "version": __version__,
+        "url": f"{settings.scheme}://{host}:{port}",
+        "stateDir": str(settings.state_dir),
+        "cli": runtime.cli_description() or "none found",
+        "auth": auth,
+    }
     problem = runtime.cli_problem()
     if problem:
-        lines.append(f"  note       {problem}")
+        fields["note"] = problem
+    return fields
+
+
+BANNER_LABELS = {
+    "url": "url",
+    "stateDir": "state dir",
+    "cli": "cli",
+    "auth": "auth",
+    "note": "note",
+}
+
+
+def banner(fields: dict[str, str]) -> str:
+    lines = [f"Loki API {fields['version']}"]
+    lines.extend(
+        f"  {label:<10} {fields[key]}" for key, label in BANNER_LABELS.items() if key in fields
+    )
     return "\n".join(lines)
 
 
 def run(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM. Returns the process exit code."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     try:
         settings.events_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -108,14 +125,32 @@ def run(settings: Settings) -> int:
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
-        access_log=settings.log_level == "debug",
+        # uvicorn's loggers go to our root handler, in our format; our access log
+        # (`access.py`, with route templates and request ids) replaces uvicorn's.
+        log_config=None,
+        access_log=False,
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         timeout_graceful_shutdown=5,
         server_header=False,
     )
     port = sock.getsockname()[1]
-    print(banner(settings, runtime, port), flush=True)
+    fields = banner_fields(settings, runtime, port)
+    if settings.log_format == "json":
+        # Printed whatever the log level, like the text banner: one JSON line.
+        record = log.makeRecord(
+            log.name,
+            logging.INFO,
+            __file__,
+            0,
+            "Loki API %s serving %s",
+            (__version__, fields["url"]),
+            None,
+            extra={"fields": fields},
+        )
+        print(JsonFormatter().format(record), flush=True)
+    else:
+        print(banner(fields), flush=True)
     server = LokiServer(config, runtime)
     try:
         server.run(sockets=[sock])

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_PORT = 8420
+LOG_FORMATS = ("text", "json")
 
 
 class SettingsError(ValueError):
@@ -33,6 +34,8 @@ class Settings:
     stop_sessions_on_exit: bool = False
     rate_limit: int = 0
     log_level: str = "info"
+    log_format: str = "text"  # or "json"
+    metrics_public: bool = False  # /metrics without auth
     # Seconds between keep-alive comments on every SSE stream.
     keepalive: float = 15.0
     # Seconds between heartbeat events for each running session.

@@ -35,6 +35,7 @@ from ..bus import EventBus
 from ..models import LogEventData, Session, SessionCounts
 from ..settings import Settings
 from ..state import SessionState, StateStore, valid_session_id
+from ..tally import OutputTally
 from . import control
 from .cli_resolution import CliCommand, resolve_cli
 from .errors import (
@@ -74,6 +75,14 @@ OFFSET_SAVE_INTERVAL = 0.5
 # After the last writer closed its output (a process closes its files just
 # before it becomes waitable), how long to look for its exit every millisecond.
 EXIT_WATCH = 0.1
+
+
+# A refused start -> the `outcome` label of loki_session_starts_total (else "error").
+START_OUTCOMES: dict[type[Exception], str] = {
+    CliUnavailable: "unavailable",
+    ManagerNotRunning: "unavailable",
+    SessionLimitReached: "busy",
+}
 
 
 class Supervised:
@@ -177,6 +186,9 @@ class SessionManager:
         self.cli = cli if cli is not None else resolve_cli(settings)
         self._supervised: dict[str, Supervised] = {}
         self._tg: TaskGroup | None = None
+        # For /metrics: start attempts by (provider, outcome); output of ended supervisors.
+        self.starts: dict[tuple[str, str], int] = {}
+        self._output_done = OutputTally()
         # Wakes a supervisor as soon as its output grows (None: the state watcher does).
         self.output_watch = OutputWatch.create()
 
@@ -249,9 +261,8 @@ class SessionManager:
                     ended = Supervised(
                         state.id, state.dir, self._output_of(state.id), 0, None, offsets=offsets
                     )
-                    self._drain(ended)
-                    for tail in ended.tails:
-                        tail.close()
+                    self._drain(ended)  # closes its tails
+                    self._count_output(ended)
                 code = recorded_exit_code(state.dir)
                 status = (
                     "stopped"
@@ -299,7 +310,31 @@ class SessionManager:
         """Start a session; returns its record. The caller has validated the input.
 
         With `timeout` (seconds) the session is stopped if it is still running then.
+        Every attempt is counted by provider and outcome (for /metrics).
         """
+        outcome = "error"
+        try:
+            record = self._start(
+                prd_path, provider, dry_run=dry_run, verbose=verbose, timeout=timeout
+            )
+            outcome = "started"
+            return record
+        except Exception as exc:
+            outcome = START_OUTCOMES.get(type(exc), "error")
+            raise
+        finally:
+            key = (provider, outcome)
+            self.starts[key] = self.starts.get(key, 0) + 1
+
+    def _start(
+        self,
+        prd_path: str | None,
+        provider: str,
+        *,
+        dry_run: bool,
+        verbose: bool,
+        timeout: float | None,
+    ) -> Session:
         if not self.cli.available:
             raise CliUnavailable(self.cli.problem or "No Loki CLI available")
         if self._tg is None:
@@ -408,6 +443,14 @@ class SessionManager:
         shutil.rmtree(self._output_of(session_id), ignore_errors=True)
 
     # ------------------------------------------------------------------- queries
+
+    def output_counts(self) -> OutputTally:
+        """Output lines published and bytes read, all sessions this server supervised."""
+        counts = self._output_done.copy()
+        for sup in self._supervised.values():
+            for tail in sup.tails:
+                counts.add(tail.stream, tail.lines, tail.bytes)
+        return counts
 
     def is_supervised(self, session_id: str) -> bool:
         return session_id in self._supervised
@@ -553,10 +596,16 @@ class SessionManager:
         for tail in sup.tails:
             tail.finish(publish)
 
+    def _count_output(self, sup: Supervised) -> None:
+        """Add its output to the ended sessions' total (once, as it stops being supervised)."""
+        for tail in sup.tails:
+            self._output_done.add(tail.stream, tail.lines, tail.bytes)
+
     def _finished(self, sup: Supervised, code: int | None) -> None:
         if self._supervised.get(sup.id) is not sup:
             return
         del self._supervised[sup.id]
+        self._count_output(sup)
         sup.done.set()
         state = self.store.get(sup.id)
         if state is None:

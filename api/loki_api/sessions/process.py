@@ -105,7 +105,8 @@ class OutputTail:
         self.path = path
         self.stream = stream
         self.splitter = LineSplitter()
-        self.lines = 0
+        self.lines = 0  # lines published
+        self.bytes = 0  # bytes read
         self._file = None
         self._closed_at: int | None = None  # `position` once closed
         try:
@@ -135,6 +136,7 @@ class OutputTail:
             rest = len(chunk.split(b"\n", MAX_LINES_PER_PUMP)[-1])
             file.seek(-rest, os.SEEK_CUR)
             chunk = chunk[: len(chunk) - rest]
+        self.bytes += len(chunk)
         self._emit(self.splitter.feed(chunk), publish)
         return True
 

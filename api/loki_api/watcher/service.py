@@ -129,6 +129,7 @@ class StateWatcher:
         self.saved_log_positions: dict[Path, tuple[int, int]] = {}
         self.check_interval = check_interval
         self.restarts = 0
+        self.rescans = 0  # full re-reads (start-up, restart, lost file events)
         # Output is watched here only for a manager without its own `OutputWatch`.
         self.output_dir = settings.output_dir if on_output is not None else None
         self._wanted = PathFilter(
@@ -247,6 +248,7 @@ class StateWatcher:
 
     def resync(self) -> None:
         """Re-read everything and publish what differs (start-up, restart, overflow)."""
+        self.rescans += 1
         self.store.rescan()
         if self.tailer.poll_all() and self._coalescer is not None:
             for path in self.tailer.log_files():
