@@ -44,7 +44,7 @@ from typing import Any, Protocol
 from .encoding import decode_raw_event, encode
 from .eventlog import EventLog, seq_of
 from .filters import MATCH_ALL, EventFilter
-from .models import Event
+from .models import Event, EventStats
 from .tally import Buckets
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,17 @@ class EventBus:
         """Failed writes of the durable log."""
         return self._log.write_errors if self._log is not None else 0
 
+    async def stats(self) -> EventStats:
+        """`/api/events/stats` (the cluster bus answers from its stream)."""
+        return EventStats(
+            subscribers=self.subscriber_count,
+            history_size=self.history_size,
+            published=self.published,
+            delivered=self.delivered,
+            dropped=self.dropped,
+            by_type=dict(self.by_type),
+        )
+
     def subscribers(self) -> list[Subscriber]:
         return [sub for group in self._groups.values() for sub in (*group.live, *group.waiting)]
 
@@ -225,7 +236,17 @@ class EventBus:
         event = Event(
             id=event_id, type=type, timestamp=iso_timestamp(now), session_id=session_id, data=data
         )
-        stored = StoredEvent(seq, event_id, type, session_id, encode(event))
+        self._deliver(StoredEvent(seq, event_id, type, session_id, encode(event)), now)
+        return event
+
+    def _deliver(self, stored: StoredEvent, now: float) -> None:
+        """Record one stamped event and fan it out to this process's subscribers.
+
+        The in-memory bus calls it from `publish`; the cluster bus calls it for
+        each event it consumes from the JetStream stream (ids from its sequence).
+        `now` starts the publish -> socket write latency.
+        """
+        type = stored.type
         self._history.append(stored)
         self.published += 1
         self.by_type[type] += 1
@@ -233,6 +254,7 @@ class EventBus:
             self._turn_published_at = now
         if self._log is not None:
             self._log.append(stored.json)
+        session_id = stored.session_id
         frame = stored.frame
         too_slow: list[Subscriber] = []
         for event_filter, group in self._groups.items():
@@ -244,7 +266,6 @@ class EventBus:
         for subscriber in too_slow:
             self._cut_off(subscriber)
         self._schedule_tick()
-        return event
 
     def _to_batch(self, group: _Group, frame: bytes) -> None:
         """Append `frame` to the group's batch, for all its live subscribers at once."""

@@ -6,14 +6,17 @@ Thin by design: parse flags → `Settings` → `serve.run`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import re
 import secrets
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__
+from .cluster.node import NODE_ID
 from .settings import DEFAULT_PORT, LOG_FORMATS, Settings, SettingsError, env_float, env_int
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -64,6 +67,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--metrics-public", action="store_true", help="serve /metrics without auth")
     add("--keepalive", type=float, help="seconds between SSE keep-alive comments (15)")
+    cluster = parser.add_argument_group("cluster mode (NATS JetStream)")
+    cluster.add_argument(
+        "--nats", help="comma list of NATS URLs; turns cluster mode on (LOKI_NATS_URL)"
+    )
+    cluster.add_argument(
+        "--cluster", help="cluster name, prefixes stream and subjects (LOKI_CLUSTER, loki)"
+    )
+    cluster.add_argument("--node-id", help="this node's name (LOKI_NODE_ID, kept in .loki/node-id)")
+    cluster.add_argument("--replicas", type=int, help="JetStream replicas (LOKI_NATS_REPLICAS, 1)")
+    cluster.add_argument("--node-ttl", type=float, help="seconds until a silent node is lost (15)")
+    cluster.add_argument("--nats-creds", type=Path, help="NATS credentials file")
+    cluster.add_argument("--nats-tls-cert", type=Path, help="client certificate for NATS TLS")
+    cluster.add_argument("--nats-tls-key", type=Path, help="client key for NATS TLS")
+    cluster.add_argument("--nats-tls-ca", type=Path, help="CA bundle to verify the NATS servers")
+    cluster.add_argument(
+        "--publish-buffer", type=int, help="events kept while NATS is down (100000)"
+    )
     add("--version", action="version", version=f"loki-api {__version__}")
     return parser
 
@@ -115,12 +135,73 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         log_format=log_format,
         metrics_public=args.metrics_public,
         keepalive=float(pick(args.keepalive, env_float(env, "LOKI_SSE_KEEPALIVE"), 15.0)),  # type: ignore[arg-type]
+        **cluster_settings(args, env),
     )
     validate(settings)
     return settings
 
 
+CLUSTER_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def cluster_settings(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
+    """The cluster-mode fields of `Settings` (SPEC §11), flags over environment."""
+    urls_raw = args.nats or env.get("LOKI_NATS_URL", "")
+    urls = []
+    for url in (u.strip() for u in urls_raw.split(",")):
+        if not url:
+            continue
+        if "://" not in url:
+            url = f"nats://{url}"
+        if url.split("://", 1)[0] not in NATS_SCHEMES:
+            raise SettingsError(
+                f"--nats URLs must be nats://, tls://, ws:// or wss://, not {url!r}"
+            )
+        urls.append(url)
+    replicas = args.replicas if args.replicas is not None else env_int(env, "LOKI_NATS_REPLICAS")
+    node_ttl = args.node_ttl if args.node_ttl is not None else env_float(env, "LOKI_NODE_TTL")
+    return {
+        "nats_urls": tuple(urls),
+        "cluster": args.cluster or env.get("LOKI_CLUSTER") or "loki",
+        "node_id": args.node_id or env.get("LOKI_NODE_ID") or None,
+        "replicas": 1 if replicas is None else replicas,
+        "node_ttl": 15.0 if node_ttl is None else node_ttl,
+        "nats_creds": args.nats_creds,
+        "nats_tls_cert": args.nats_tls_cert,
+        "nats_tls_key": args.nats_tls_key,
+        "nats_tls_ca": args.nats_tls_ca,
+        "publish_buffer": 100_000 if args.publish_buffer is None else args.publish_buffer,
+    }
+
+
+def validate_cluster(settings: Settings) -> None:
+    if settings.nats_urls and importlib.util.find_spec("nats") is None:
+        raise SettingsError("cluster mode (--nats) needs nats-py: pip install 'loki-api[cluster]'")
+    if CLUSTER_NAME.fullmatch(settings.cluster) is None:
+        raise SettingsError("--cluster must be 1-32 letters, digits, '_' or '-'")
+    if settings.node_id is not None and NODE_ID.fullmatch(settings.node_id) is None:
+        raise SettingsError("--node-id must be 1-64 letters, digits, '_' or '-'")
+    if not 1 <= settings.replicas <= 5:
+        raise SettingsError("--replicas must be between 1 and 5")
+    if settings.node_ttl <= 0:
+        raise SettingsError("--node-ttl must be positive")
+    if settings.publish_buffer < 1:
+        raise SettingsError("--publish-buffer must be at least 1")
+    if bool(settings.nats_tls_cert) != bool(settings.nats_tls_key):
+        raise SettingsError("--nats-tls-cert and --nats-tls-key go together")
+    for path in (
+        settings.nats_creds,
+        settings.nats_tls_cert,
+        settings.nats_tls_key,
+        settings.nats_tls_ca,
+    ):
+        if path is not None and not os.access(path, os.R_OK):
+            raise SettingsError(f"cannot read NATS file {path}")
+
+
 def validate(settings: Settings) -> None:
+    validate_cluster(settings)
     if not 0 <= settings.port <= 65535:
         raise SettingsError(f"port must be between 0 and 65535, not {settings.port}")
     if settings.max_sessions < 1:

@@ -48,8 +48,17 @@ class Runtime:
         self.providers = ProviderCache()
         # Problems that make `/health` degraded (and some `/health/ready` fail).
         self.health = HealthProblems()
-        self.bus = EventBus(history=settings.history, max_pending=settings.max_pending)
         self.checks: dict[str, Check] = {"stateDir": self.state_dir_writable}
+        self.node_id: str | None = None
+        self.bus: EventBus
+        if settings.clustered:
+            from .cluster.bus import ClusterBus  # nats-py is only needed in cluster mode
+            from .cluster.node import resolve_node_id
+
+            self.node_id = resolve_node_id(settings)
+            self.bus = self.cluster_bus = ClusterBus(settings, self.node_id, self.health)
+        else:
+            self.bus = EventBus(history=settings.history, max_pending=settings.max_pending)
         self.store = StateStore(settings, self.bus)
         self.snapshots = SnapshotDir(settings.events_dir / "snapshots")
         self.sessions = SessionManager(settings, self.store, self.bus)
@@ -72,11 +81,12 @@ class Runtime:
     @asynccontextmanager
     async def run(self) -> AsyncIterator[None]:
         settings = self.settings
-        try:
-            event_log = EventLog(settings.events_dir, max_bytes=settings.event_log_bytes)
-        except OSError as exc:
-            raise RuntimeError(f"cannot use state dir {settings.state_dir}: {exc}") from exc
-        self.bus.attach_log(event_log)
+        if not settings.clustered:  # in a cluster the JetStream stream is the durable log
+            try:
+                event_log = EventLog(settings.events_dir, max_bytes=settings.event_log_bytes)
+            except OSError as exc:
+                raise RuntimeError(f"cannot use state dir {settings.state_dir}: {exc}") from exc
+            self.bus.attach_log(event_log)
         self.bus.bind_loop()
         try:
             snapshots = self.snapshots.load_all() if self.snapshots.exists() else None
@@ -89,6 +99,9 @@ class Runtime:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._keepalive)
+                if settings.clustered:
+                    # Ready once it holds the stream's last --history events (or NATS is away).
+                    await tg.start(self.cluster_bus.run)
                 # Re-adopts the sessions that outlived a previous server before serving.
                 await tg.start(self.sessions.run)
                 await tg.start(self.watcher.run)

@@ -43,6 +43,18 @@ class Settings:
     # Frames a stream may have waiting before it is cut off as too slow.
     max_pending: int = 10_000
     event_log_bytes: int = 16 * 1024 * 1024
+    # Cluster mode (SPEC §11): on when `nats_urls` is not empty.
+    nats_urls: tuple[str, ...] = ()
+    cluster: str = "loki"
+    node_id: str | None = None  # None: generated once, kept in .loki/node-id
+    replicas: int = 1
+    node_ttl: float = 15.0
+    nats_creds: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
+    nats_tls_ca: Path | None = None
+    # Events a node keeps while NATS is unreachable; beyond that they are counted as lost.
+    publish_buffer: int = 100_000
 
     @property
     def state_dir(self) -> Path:
@@ -65,6 +77,10 @@ class Settings:
         before each line is published).
         """
         return self.state_dir / "output"
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.nats_urls)
 
     @property
     def is_loopback_bind(self) -> bool:

@@ -15,7 +15,6 @@ from ..bus import EventBus
 from ..errors import BadRequest, HttpError, error_response
 from ..eventlog import seq_of
 from ..filters import EventFilter, FilterError
-from ..models import EventStats
 from ..params import MAX_LIMIT, json_response, query_int
 from ..responses import JSON_MEDIA_TYPE
 from ..runtime import Runtime
@@ -127,17 +126,7 @@ async def event_history(request: Request) -> Response:
 
 
 async def event_stats(request: Request) -> Response:
-    bus = runtime_of(request).bus
-    return json_response(
-        EventStats(
-            subscribers=bus.subscriber_count,
-            history_size=bus.history_size,
-            published=bus.published,
-            delivered=bus.delivered,
-            dropped=bus.dropped,
-            by_type=dict(bus.by_type),
-        )
-    )
+    return json_response(await runtime_of(request).bus.stats())
 
 
 routes = [

@@ -1,0 +1,456 @@
+"""The event bus of a cluster node: one JetStream stream is the order of events for every node.
+
+`publish` does not number events. It encodes the envelope once, with the
+provisional id `evt_0_<ms>`, and queues it in the outbox; once per loop turn
+the sender task publishes the outbox's new entries to
+`<cluster>.events.<session>.<type>` without waiting for each ack (acks come
+back on one inbox subscription and are matched by number).
+
+Every node (the publisher too) consumes the stream once, with an ordered push
+consumer, and hands each message to the in-memory bus's `_deliver` with the
+id `evt_<stream seq>_<ms>`: the same id on every node, so `Last-Event-ID`
+resumes on any node. From there on it is the single-node path: history ring,
+batching per loop turn, per-client bound, cut-off. The ring is filled from the
+stream's last `--history` events at start-up, before the node reports ready.
+
+NATS outage: the node keeps running and supervising; its events wait in the
+outbox (bounded, `--publish-buffer`; the excess is counted in `lost`) and are
+sent again in order on reconnect (`Nats-Msg-Id` lets JetStream drop copies it
+already stored). Open streams stay open with their keep-alives, and the
+consumer resumes after the last sequence it delivered, so they continue
+without a gap. Readiness says why it is not ready meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import ssl
+import time
+from collections import Counter
+from typing import Any
+
+import anyio
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    StorageType,
+    StreamConfig,
+    StreamInfo,
+)
+from nats.js.errors import NotFoundError
+
+from ..bus import EventBus, StoredEvent, iso_timestamp
+from ..encoding import encode
+from ..health_problems import HealthProblems
+from ..models import Event, EventStats
+from ..settings import Settings
+from .names import ClusterNames
+from .outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+# How long one attempt at the first connection may take before start-up goes on without it.
+FIRST_CONNECT = 3.0
+# The stream keeps at least this many events (and at least --history).
+MIN_RETENTION = 100_000
+# JetStream drops a re-sent message with a Nats-Msg-Id it stored within this window.
+DUPLICATE_WINDOW = 120.0
+# An event sent but not acknowledged within this time is sent again (same Nats-Msg-Id).
+ACK_TIMEOUT = 2.0
+# After JetStream refused a publish (no stream leader yet): wait this long, then re-send.
+RETRY_PAUSE = 0.5
+# The ordered consumer's idle heartbeat: two missed ones and it is recreated.
+HEARTBEAT = 0.5
+# The consumer is recreated when the stream is ahead of it and nothing came for this long.
+STALL = 3.0
+# How long start-up waits to have the last --history events before serving anyway.
+CATCH_UP = 10.0
+# What `publish` puts where the id goes; the consumer swaps the 0 for the stream sequence.
+PROVISIONAL = b'{"id":"evt_0_'
+
+
+def connect_options(settings: Settings) -> dict[str, Any]:
+    """nats-py `connect` keyword arguments from the `--nats*` flags."""
+    options: dict[str, Any] = {
+        "servers": list(settings.nats_urls),
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,  # a node outlives any NATS outage
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 2,
+        "ping_interval": 5,
+        "max_outstanding_pings": 2,
+    }
+    if settings.nats_creds is not None:
+        options["user_credentials"] = str(settings.nats_creds)
+    if settings.nats_tls_ca or settings.nats_tls_cert:
+        context = ssl.create_default_context(
+            cafile=str(settings.nats_tls_ca) if settings.nats_tls_ca else None
+        )
+        if settings.nats_tls_cert and settings.nats_tls_key:
+            context.load_cert_chain(str(settings.nats_tls_cert), str(settings.nats_tls_key))
+        options["tls"] = context
+    return options
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+class ClusterBus(EventBus):
+    def __init__(self, settings: Settings, node_id: str, health: HealthProblems) -> None:
+        super().__init__(history=settings.history, max_pending=settings.max_pending)
+        self.settings = settings
+        self.health = health
+        self.node_id = node_id
+        self.names = ClusterNames(settings.cluster)
+        self.outbox = Outbox(settings.publish_buffer)
+        self.retention = max(settings.history, MIN_RETENTION)
+        # Nats-Msg-Id of outbox entry n is this prefix + n: unique per node and process.
+        self._msg_prefix = f"{node_id}.{secrets.token_hex(4)}."
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._sub: Any = None
+        self._ack_prefix = ""
+        self._wake = asyncio.Event()
+        self.connected = False
+        self.caught_up = False
+        self.last_error: str | None = None
+        self.disconnected_at: float | None = None
+        self._refused_at: float | None = None
+        self._delivered_at = time.monotonic()
+        self.stream_last_seq = 0
+
+    # ------------------------------------------------------------ publishing
+
+    def publish(self, type: str, data: Any, session_id: str | None = None) -> Event:
+        """Encode once and queue for JetStream; subscribers get it back from the stream."""
+        now = time.time()
+        event = Event(
+            id=f"evt_0_{int(now * 1000)}",
+            type=type,
+            timestamp=iso_timestamp(now),
+            session_id=session_id,
+            data=data,
+        )
+        if self.outbox.append(self.names.subject(type, session_id), encode(event)):
+            self._wake.set()
+        elif self.outbox.lost == 1 or self.outbox.lost % 10_000 == 0:
+            log.error(
+                "NATS publish buffer full (%d events): %d events lost so far",
+                self.outbox.limit,
+                self.outbox.lost,
+            )
+        return event
+
+    async def _send_loop(self) -> None:
+        """Publish the outbox's new entries, all of one loop turn in one go, acks awaited apart."""
+        wake = self._wake
+        while True:
+            await wake.wait()
+            wake.clear()
+            nc = self._nc
+            if nc is None or not nc.is_connected or not self._ack_prefix:
+                continue  # (re)connecting: sent once connected
+            try:
+                for number, subject, payload in self.outbox.take_unsent():
+                    await nc.publish(
+                        subject,
+                        payload,
+                        reply=f"{self._ack_prefix}{number}",
+                        headers={"Nats-Msg-Id": f"{self._msg_prefix}{number}"},
+                    )
+            except Exception as exc:  # the connection broke mid-batch: re-sent after the timeout
+                self.last_error = f"publish failed: {describe(exc)}"
+
+    async def _on_ack(self, msg: Msg) -> None:
+        data = msg.data
+        if not data or b'"error"' in data[:16]:
+            # No responders (no stream leader, e.g. during an election) or refused.
+            self.last_error = f"JetStream refused a publish: {data[:200]!r}"
+            self._refused_at = time.monotonic()
+            return
+        self.outbox.ack(int(msg.subject[len(self._ack_prefix) :]))
+
+    # -------------------------------------------------------------- consuming
+
+    async def _on_event(self, msg: Msg) -> None:
+        """One message of the stream: stamp its id from the stream sequence and fan it out."""
+        reply = msg.reply
+        tokens = reply.split(".")
+        seq = int(tokens[5]) if len(tokens) == 9 else msg.metadata.sequence.stream
+        if seq <= self._seq:
+            return  # a recreated consumer delivers again from where we asked
+        self._delivered_at = time.monotonic()
+        payload = msg.data
+        start = len(PROVISIONAL)
+        end = payload.find(b'"', start)
+        if not payload.startswith(PROVISIONAL) or end < 0:
+            log.warning("skipping stream message %d: not a Loki event envelope", seq)
+            self._seq = seq
+            return
+        event_id = f"evt_{seq}_{payload[start:end].decode()}"
+        event_type, session_id = self.names.parse(msg.subject)
+        self._seq = seq
+        self._deliver(
+            StoredEvent(
+                seq,
+                event_id,
+                event_type,
+                session_id,
+                b'{"id":"%s%s' % (event_id.encode(), payload[end:]),
+            ),
+            time.time(),
+        )
+
+    async def _subscribe(self, first_seq: int) -> None:
+        assert self._js is not None
+        old, self._sub = self._sub, None
+        if old is not None:
+            try:
+                await old.unsubscribe()
+            except Exception:  # already gone with its connection
+                pass
+        self._sub = await self._js.subscribe(
+            self.names.all_events,
+            stream=self.names.stream,
+            cb=self._on_event,
+            ordered_consumer=True,
+            idle_heartbeat=HEARTBEAT,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            config=ConsumerConfig(opt_start_seq=max(first_seq, 1)),
+        )
+        self._delivered_at = time.monotonic()
+
+    # -------------------------------------------------------------- lifetime
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Connect, join the stream, and keep everything flowing; ready once caught up.
+
+        Start-up never waits for NATS: if it cannot be reached the server starts
+        anyway (not ready, with the reason) and keeps trying.
+        """
+        started = False
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._send_loop)
+                tg.start_soon(self._report_health)
+                while True:
+                    try:
+                        await self._start()
+                        break
+                    except Exception as exc:
+                        self.last_error = describe(exc)
+                        log.warning("cluster: %s; retrying", self.last_error)
+                        if not started:
+                            task_status.started()
+                            started = True
+                        await anyio.sleep(1.0)
+                if not started:
+                    task_status.started()
+                await self._watch()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._stop()
+
+    async def _start(self) -> None:
+        if self._nc is None:
+            # With unlimited reconnects nats-py would retry the first connect forever too.
+            try:
+                self._nc = await asyncio.wait_for(
+                    nats.connect(
+                        **connect_options(self.settings),
+                        name=f"loki-{self.settings.cluster}-{self.node_id}",
+                        disconnected_cb=self._on_disconnected,
+                        reconnected_cb=self._on_reconnected,
+                        error_cb=self._on_error,
+                    ),
+                    FIRST_CONNECT,
+                )
+            except TimeoutError:
+                raise ConnectionError("no NATS server answered") from None
+            self._js = self._nc.jetstream()
+            self._ack_prefix = f"{self._nc.new_inbox()}."
+            await self._nc.subscribe(f"{self._ack_prefix}*", cb=self._on_ack)
+        self.connected = True
+        info = await self._ensure_stream()
+        last = info.state.last_seq
+        self.stream_last_seq = last
+        if self._sub is None:
+            first = self._seq + 1 if self._seq else max(1, last - self.settings.history + 1)
+            await self._subscribe(first)
+        deadline = time.monotonic() + CATCH_UP
+        while self._seq < last and time.monotonic() < deadline:
+            await anyio.sleep(0.01)
+        self.caught_up = True
+        self.outbox.rewind()
+        self._wake.set()
+        log.info(
+            "cluster %s: node %s joined stream %s at seq %d",
+            self.settings.cluster,
+            self.node_id,
+            self.names.stream,
+            self._seq,
+        )
+
+    async def _ensure_stream(self) -> StreamInfo:
+        """The cluster's stream, created on first use; retention raised when it is too small."""
+        assert self._js is not None
+        config = StreamConfig(
+            name=self.names.stream,
+            subjects=[self.names.all_events],
+            storage=StorageType.FILE,
+            num_replicas=self.settings.replicas,
+            max_msgs=self.retention,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=DUPLICATE_WINDOW,
+        )
+        try:
+            info = await self._js.stream_info(self.names.stream)
+        except NotFoundError:
+            return await self._js.add_stream(config)
+        current = info.config.max_msgs or -1
+        if 0 < current < self.retention or info.config.num_replicas != self.settings.replicas:
+            config.max_msgs = max(current, self.retention)
+            info = await self._js.update_stream(config)
+        return info
+
+    async def _watch(self) -> None:
+        """Re-send what waits too long for its ack; recreate a consumer that stalled."""
+        assert self._js is not None
+        next_info = 0.0
+        while True:
+            await anyio.sleep(0.25)
+            nc = self._nc
+            if nc is None or not nc.is_connected:
+                continue
+            now = time.monotonic()
+            outbox = self.outbox
+            refused = self._refused_at is not None and now - self._refused_at > RETRY_PAUSE
+            if outbox.in_flight and (refused or now - outbox.progress_at > ACK_TIMEOUT):
+                self._refused_at = None
+                outbox.rewind()
+                self._wake.set()
+            if now < next_info:
+                continue
+            next_info = now + 1.0
+            try:
+                info = await self._js.stream_info(self.names.stream)
+                self.stream_last_seq = info.state.last_seq
+                if self._sub is None or (
+                    self.stream_last_seq > self._seq and now - self._delivered_at > STALL
+                ):
+                    log.warning("cluster: event consumer stalled at %d; recreating it", self._seq)
+                    await self._subscribe(self._seq + 1)
+            except Exception as exc:
+                self.last_error = f"stream check failed: {describe(exc)}"
+
+    async def _stop(self) -> None:
+        """Graceful shutdown: give JetStream a moment to take what is queued, then close."""
+        nc = self._nc
+        if nc is None:
+            return
+        deadline = time.monotonic() + 2.0
+        while len(self.outbox) and nc.is_connected and time.monotonic() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.02)
+        if len(self.outbox):
+            log.warning(
+                "cluster: %d events not acknowledged by JetStream at shutdown", len(self.outbox)
+            )
+        try:
+            await nc.close()
+        except Exception:
+            pass
+
+    async def _on_disconnected(self) -> None:
+        if self.connected:
+            self.connected = False
+            self.disconnected_at = time.monotonic()
+            log.warning("cluster: disconnected from NATS; buffering events")
+
+    async def _on_reconnected(self) -> None:
+        self.connected = True
+        self.disconnected_at = None
+        nc = self._nc
+        log.info("cluster: reconnected to NATS at %s", nc.connected_url.netloc if nc else "?")
+        self.outbox.rewind()  # in order; copies JetStream already has are dropped by msg id
+        self._wake.set()
+
+    async def _on_error(self, exc: Exception) -> None:
+        self.last_error = describe(exc)
+        log.debug("NATS error: %s", self.last_error)
+
+    # ------------------------------------------------------------- reporting
+
+    def problem(self) -> str | None:
+        """Why this node is not ready (None when connected and caught up with the stream).
+
+        Stable while the situation is (no counters in it), so it is logged once.
+        """
+        if not self.connected:
+            return (
+                f"NATS unreachable ({', '.join(self.settings.nats_urls)}): "
+                f"{self.last_error or 'connecting'}; events are kept in the publish buffer"
+            )
+        if not self.caught_up:
+            return "joining the cluster event stream"
+        return None
+
+    def loss(self) -> str | None:
+        """Said once events were lost: the publish buffer was full while NATS was away."""
+        if not self.outbox.lost:
+            return None
+        return (
+            f"events lost: the NATS publish buffer ({self.outbox.limit} events) was full; "
+            "see /api/status cluster.nats.lost"
+        )
+
+    async def _report_health(self) -> None:
+        """Keep `nats` (blocks readiness) and `natsLoss` (degraded) current in the registry."""
+        while True:
+            for key, reason, blocks in (
+                ("nats", self.problem(), True),
+                ("natsLoss", self.loss(), False),
+            ):
+                if reason is None:
+                    self.health.clear(key)
+                else:
+                    self.health.report(key, reason, blocks_ready=blocks)
+            await anyio.sleep(0.1)
+
+    async def stats(self) -> EventStats:
+        """Counts from the stream (same on every node); subscribers and deliveries are local."""
+        published = self.stream_last_seq
+        by_type: Counter[str] = Counter()
+        js = self._js
+        try:
+            if js is None:
+                raise ConnectionError("not connected")
+            info = await asyncio.wait_for(
+                js.stream_info(self.names.stream, subjects_filter=self.names.all_events), 2.0
+            )
+            published = info.state.last_seq
+            for subject, count in (info.state.subjects or {}).items():
+                by_type[self.names.parse(subject)[0]] += count
+        except Exception as exc:  # NATS away: what this node saw
+            log.debug("stream stats unavailable: %s", describe(exc))
+            by_type = self.by_type
+            published = max(published, self._seq)
+        return EventStats(
+            subscribers=self.subscriber_count,
+            history_size=self.history_size,
+            published=published,
+            delivered=self.delivered,
+            dropped=self.dropped + self.outbox.lost,
+            by_type=dict(by_type),
+        )

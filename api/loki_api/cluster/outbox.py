@@ -1,0 +1,80 @@
+"""What this node published and JetStream has not acknowledged yet, in publish order.
+
+Bounded (`--publish-buffer`, 100,000 by default): while NATS is unreachable
+events wait here, and once it is full further events are counted in `lost`
+instead of growing memory. Entries are numbered; the number becomes part of
+the `Nats-Msg-Id` header, so when unacknowledged entries are sent again after a
+reconnect or an ack timeout, JetStream's duplicate window drops the copies of
+those it had already stored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+
+
+class Outbox:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        # [subject, payload, acked]; entry i has number `_first + i`.
+        self._entries: deque[list[object]] = deque()
+        self._first = 1
+        self._send_from = 1  # number of the first entry not sent yet
+        self.lost = 0
+        self.acked = 0
+        # Last time an ack came or everything was (re)sent: how long the oldest has waited.
+        self.progress_at = time.monotonic()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def in_flight(self) -> bool:
+        """Some entries were sent and are still waiting for their ack."""
+        return self._send_from > self._first
+
+    @property
+    def has_unsent(self) -> bool:
+        return self._send_from < self._first + len(self._entries)
+
+    def append(self, subject: str, payload: bytes) -> bool:
+        """Queue one event; False (and counted as lost) when the buffer is full."""
+        if len(self._entries) >= self.limit:
+            self.lost += 1
+            return False
+        self._entries.append([subject, payload, False])
+        return True
+
+    def take_unsent(self) -> Iterator[tuple[int, str, bytes]]:
+        """(number, subject, payload) of every entry not sent yet, oldest first; marks them sent."""
+        entries = self._entries
+        first = self._first
+        start = self._send_from - first
+        end = len(entries)
+        self._send_from = first + end
+        for index in range(start, end):
+            subject, payload, acked = entries[index]
+            if not acked:
+                yield first + index, subject, payload  # type: ignore[misc]
+
+    def ack(self, number: int) -> None:
+        """JetStream stored entry `number`: drop it (and any acked run before it)."""
+        index = number - self._first
+        entries = self._entries
+        if not 0 <= index < len(entries) or entries[index][2]:
+            return
+        entries[index][2] = True
+        self.acked += 1
+        self.progress_at = time.monotonic()
+        while entries and entries[0][2]:
+            entries.popleft()
+            self._first += 1
+        if self._send_from < self._first:
+            self._send_from = self._first
+
+    def rewind(self) -> None:
+        """Send every unacknowledged entry again (after a reconnect or an ack timeout)."""
+        self._send_from = self._first
+        self.progress_at = time.monotonic()
