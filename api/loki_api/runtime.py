@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -22,7 +22,7 @@ from .bus import EventBus
 from .eventlog import EventLog
 from .health_problems import HealthProblems
 from .metrics import metrics_registry
-from .models import ReadyCheck, SessionCounts
+from .models import ClusterInfo, ReadyCheck, SessionCounts
 from .providers import ProviderCache
 from .sessions.manager import SessionManager
 from .settings import Settings
@@ -31,6 +31,9 @@ from .state.heartbeat import run_heartbeat
 from .state.snapshot import SnapshotDir
 from .tally import HttpTally
 from .watcher import StateWatcher
+
+if TYPE_CHECKING:
+    from .cluster.bus import ClusterBus
 
 # Seconds between saves of changed sessions' snapshots (what a restart diffs against).
 SNAPSHOT_INTERVAL = 0.25
@@ -50,6 +53,7 @@ class Runtime:
         self.health = HealthProblems()
         self.checks: dict[str, Check] = {"stateDir": self.state_dir_writable}
         self.node_id: str | None = None
+        self.cluster_bus: ClusterBus | None = None
         self.bus: EventBus
         if settings.clustered:
             from .cluster.bus import ClusterBus  # nats-py is only needed in cluster mode
@@ -99,7 +103,7 @@ class Runtime:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._keepalive)
-                if settings.clustered:
+                if self.cluster_bus is not None:
                     # Ready once it holds the stream's last --history events (or NATS is away).
                     await tg.start(self.cluster_bus.run)
                 # Re-adopts the sessions that outlived a previous server before serving.
@@ -159,6 +163,9 @@ class Runtime:
             if results.get(name, ReadyCheck(ok=True)).ok:
                 results[name] = ReadyCheck(ok=False, detail=reason)
         return results
+
+    def cluster_info(self) -> ClusterInfo | None:
+        return self.cluster_bus.info() if self.cluster_bus is not None else None
 
     def session_counts(self) -> SessionCounts:
         return self.sessions.counts()

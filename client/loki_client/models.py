@@ -56,6 +56,8 @@ __all__ = [
     "TaskQueue",
     "DeleteResponse",
     "ProviderAvailability",
+    "NatsState",
+    "ClusterInfo",
     "Health",
     "ReadyCheck",
     "Readiness",
@@ -376,6 +378,28 @@ class ProviderAvailability(Record, kw_only=True):
     aider: bool = False
 
 
+class NatsState(Record, kw_only=True):
+    """A cluster node's link to NATS JetStream (SPEC §11)."""
+
+    connected: bool
+    servers: list[str]
+    # Events published here that JetStream has not acknowledged yet.
+    buffered: int
+    # Events dropped because the publish buffer was full while NATS was unreachable.
+    lost: int
+    # The last stream sequence this node handed to its subscribers.
+    stream_seq: int
+    last_error: str | None = None
+
+
+class ClusterInfo(Record, kw_only=True):
+    """Present in cluster mode only (`loki serve --nats ...`)."""
+
+    name: str
+    node: str
+    nats: NatsState
+
+
 class Health(Record, kw_only=True):
     status: Literal["healthy", "degraded", "unhealthy"]
     version: str
@@ -385,6 +409,7 @@ class Health(Record, kw_only=True):
     cli: str | None = None
     # Why the status is `degraded`: problem key → reason (empty when healthy).
     problems: dict[str, str] = msgspec.field(default_factory=dict)
+    cluster: ClusterInfo | None = None
 
 
 class ReadyCheck(Record, kw_only=True):
@@ -429,6 +454,7 @@ class Status(Record, kw_only=True):
     sessions: SessionCounts
     events: EventCounts
     system: SystemInfo
+    cluster: ClusterInfo | None = None
 
 
 class EventHistory(Record, kw_only=True):

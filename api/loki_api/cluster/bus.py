@@ -49,7 +49,7 @@ from nats.js.errors import NotFoundError
 from ..bus import EventBus, StoredEvent, iso_timestamp
 from ..encoding import encode
 from ..health_problems import HealthProblems
-from ..models import Event, EventStats
+from ..models import ClusterInfo, Event, EventStats, NatsState
 from ..settings import Settings
 from .names import ClusterNames
 from .outbox import Outbox
@@ -121,6 +121,7 @@ class ClusterBus(EventBus):
         self._ack_prefix = ""
         self._wake = asyncio.Event()
         self.connected = False
+        self._closing = False
         self.caught_up = False
         self.last_error: str | None = None
         self.disconnected_at: float | None = None
@@ -359,6 +360,7 @@ class ClusterBus(EventBus):
         nc = self._nc
         if nc is None:
             return
+        self._closing = True
         deadline = time.monotonic() + 2.0
         while len(self.outbox) and nc.is_connected and time.monotonic() < deadline:
             self._wake.set()
@@ -373,7 +375,7 @@ class ClusterBus(EventBus):
             pass
 
     async def _on_disconnected(self) -> None:
-        if self.connected:
+        if self.connected and not self._closing:
             self.connected = False
             self.disconnected_at = time.monotonic()
             log.warning("cluster: disconnected from NATS; buffering events")
@@ -427,6 +429,21 @@ class ClusterBus(EventBus):
                 else:
                     self.health.report(key, reason, blocks_ready=blocks)
             await anyio.sleep(0.1)
+
+    def info(self) -> ClusterInfo:
+        """This node and its NATS link, for `/health` and `/api/status`."""
+        return ClusterInfo(
+            name=self.settings.cluster,
+            node=self.node_id,
+            nats=NatsState(
+                connected=self.connected,
+                servers=list(self.settings.nats_urls),
+                buffered=len(self.outbox),
+                lost=self.outbox.lost,
+                stream_seq=self._seq,
+                last_error=self.last_error,
+            ),
+        )
 
     async def stats(self) -> EventStats:
         """Counts from the stream (same on every node); subscribers and deliveries are local."""

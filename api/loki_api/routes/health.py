@@ -45,6 +45,7 @@ async def health(request: Request) -> Response:
         active_session=runtime.active_session(),
         cli=runtime.cli_description(),
         problems=problems,
+        cluster=runtime.cluster_info(),
     )
     return json_response(body, status=503 if status == "unhealthy" else 200)
 
@@ -77,6 +78,7 @@ async def status(request: Request) -> Response:
             system=SystemInfo(
                 platform=sys.platform, arch=platform.machine(), python=platform.python_version()
             ),
+            cluster=runtime.cluster_info(),
         )
     )
 
