@@ -240,6 +240,13 @@ async def test_events_beyond_the_publish_buffer_are_counted_and_reported(
         assert health["status"] == "degraded"
         assert "publish buffer (5 events) was full" in health["problems"]["natsLoss"]
         assert "NATS unreachable" in health["problems"]["nats"]
+        metrics = httpx.get(f"{node.url}/metrics", timeout=5).text
+        for line in (
+            "loki_nats_connected 0.0",
+            "loki_nats_publish_buffer 5.0",
+            f"loki_nats_publish_lost_total {float(lost)}",
+        ):
+            assert line in metrics.splitlines(), line
         nats.start()
         await wait_ready(nodes, timeout=15)
         # The five it kept arrive, in order, once; the loss stays reported.

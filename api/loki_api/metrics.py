@@ -68,6 +68,7 @@ class LokiCollector:
         yield from self._sessions()
         yield from self._files()
         yield from self._http()
+        yield from self._cluster()
 
     def _events(self) -> Iterator[Metric]:
         bus = self.runtime.bus
@@ -171,6 +172,35 @@ class LokiCollector:
         errors.add_metric(["event_log"], runtime.bus.log_write_errors)
         errors.add_metric(["snapshot"], runtime.snapshot_write_errors)
         yield errors
+
+    def _cluster(self) -> Iterator[Metric]:
+        """NATS link of a cluster node (none in single-node mode)."""
+        bus = self.runtime.cluster_bus
+        if bus is None:
+            return
+        yield GaugeMetricFamily(
+            "loki_nats_connected", "1 while connected to NATS, else 0.", value=int(bus.connected)
+        )
+        yield GaugeMetricFamily(
+            "loki_nats_publish_buffer",
+            "Events waiting for JetStream's acknowledgement.",
+            value=len(bus.outbox),
+        )
+        yield _counter(
+            "loki_nats_published",
+            "Events JetStream acknowledged from this node.",
+            bus.outbox.acked,
+        )
+        yield _counter(
+            "loki_nats_publish_lost",
+            "Events dropped because the publish buffer was full.",
+            bus.outbox.lost,
+        )
+        yield GaugeMetricFamily(
+            "loki_nats_stream_sequence",
+            "The last stream sequence this node delivered to its subscribers.",
+            value=bus.last_seq,
+        )
 
     def _http(self) -> Iterator[Metric]:
         http = self.runtime.http
