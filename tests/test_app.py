@@ -1,5 +1,6 @@
 """In-process tests of the app's request/response routes and its error shape."""
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -77,6 +78,20 @@ async def test_status(client: httpx.AsyncClient, runtime: Runtime) -> None:
     assert status.events.published == 1 and status.events.history_size == 1
     assert status.system.python.startswith("3.")
     assert status.uptime_formatted.endswith("s")
+
+
+@pytest.mark.anyio
+async def test_uptime_is_whole_milliseconds_as_in_the_original(
+    client: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """SPEC §6: `uptime` on /health is integer milliseconds; /api/status adds seconds."""
+    runtime.started_at = time.monotonic() - 2.5
+    health = (await client.get("/health")).json()
+    live = (await client.get("/health/live")).json()
+    status = (await client.get("/api/status")).json()
+    for uptime in (health["uptime"], live["uptime"], status["uptime"]):
+        assert isinstance(uptime, int) and 2500 <= uptime < 60_000
+    assert isinstance(status["uptimeSeconds"], float) and 2.5 <= status["uptimeSeconds"] < 60
 
 
 @pytest.mark.anyio

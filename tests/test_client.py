@@ -469,7 +469,7 @@ def test_unhealthy_health_is_a_result_not_an_error() -> None:
     body = {
         "status": "unhealthy",
         "version": "0.1.0",
-        "uptime": 1.0,
+        "uptime": 1000,
         "providers": {},
         "activeSession": None,
     }

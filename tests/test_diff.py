@@ -33,7 +33,11 @@ def session(status: str, **fields: Any) -> Session:
 
 
 def task(task_id: str, status: str = "pending", **fields: Any) -> Task:
-    return Task(id=task_id, title=f"T{task_id}", status=status, **fields)
+    unknown: dict[str, Any] = dict.fromkeys(("started_at", "completed_at", "agent", "output"))
+    defaults = {"description": "", "priority": 0, "created_at": "t0", "error": None, **unknown}
+    return Task(
+        id=task_id, session_id="s1", title=f"T{task_id}", status=status, **{**defaults, **fields}
+    )
 
 
 # ------------------------------------------------------------------------ session

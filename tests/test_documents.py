@@ -6,6 +6,7 @@ import json
 import logging
 from typing import Any
 
+import msgspec
 import pytest
 
 from loki_api.models import Agent, Session
@@ -19,6 +20,22 @@ from loki_api.state.documents import (
     decode_session,
     decode_tasks,
     normalise_task_status,
+)
+
+T0 = "2026-11-23T05:00:00.000Z"
+ORIGINAL_TASK_KEYS = (
+    "id",
+    "sessionId",
+    "title",
+    "description",
+    "status",
+    "priority",
+    "createdAt",
+    "startedAt",
+    "completedAt",
+    "agent",
+    "output",
+    "error",
 )
 
 
@@ -101,6 +118,7 @@ def test_tasks_normalised() -> None:
             }
         ),
         "s1",
+        created_at=T0,
     )
     assert tasks is not None
     assert [(t.id, t.title, t.status) for t in tasks] == [
@@ -112,28 +130,79 @@ def test_tasks_normalised() -> None:
     ]
     assert tasks[0].priority == 2 and tasks[0].session_id == "s1"
     assert tasks[2].progress == 0.5
-    assert tasks[4].description is None  # wrong type dropped
+    assert tasks[4].description == ""  # wrong type dropped
+
+
+def test_tasks_carry_every_key_of_the_original_task() -> None:
+    """SPEC §6: null where unknown, "" for no description, 0 for no priority, and
+    the fallback creation time; values the file gives are kept."""
+    bare, full = decode_tasks(
+        raw(
+            [
+                {"id": "a", "title": "bare"},
+                {
+                    "id": "b",
+                    "title": "full",
+                    "description": "d",
+                    "priority": 3,
+                    "createdAt": "2026-01-01T00:00:00.000Z",
+                    "startedAt": "2026-01-01T00:00:01.000Z",
+                    "completedAt": "2026-01-01T00:00:02.000Z",
+                    "agent": "agent-1",
+                    "output": "o",
+                    "error": "e",
+                },
+            ]
+        ),
+        "s1",
+        created_at=T0,
+    ) or [None, None]
+    assert bare is not None and full is not None
+    wire = json.loads(msgspec.json.encode(bare))
+    assert {k: wire[k] for k in ORIGINAL_TASK_KEYS} == {
+        "id": "a",
+        "sessionId": "s1",
+        "title": "bare",
+        "description": "",
+        "status": "pending",
+        "priority": 0,
+        "createdAt": T0,
+        "startedAt": None,
+        "completedAt": None,
+        "agent": None,
+        "output": None,
+        "error": None,
+    }
+    assert (full.priority, full.created_at, full.started_at, full.completed_at) == (
+        3,
+        "2026-01-01T00:00:00.000Z",
+        "2026-01-01T00:00:01.000Z",
+        "2026-01-01T00:00:02.000Z",
+    )
+    assert (full.description, full.agent, full.output, full.error) == ("d", "agent-1", "o", "e")
 
 
 def test_tasks_index_ids_are_stable() -> None:
     doc = {"tasks": [{"title": "a"}, {"title": "b"}]}
-    first = decode_tasks(raw(doc), "s1")
-    assert first == decode_tasks(raw(doc), "s1")
+    first = decode_tasks(raw(doc), "s1", created_at=T0)
+    assert first == decode_tasks(raw(doc), "s1", created_at=T0)
     assert [t.id for t in first or []] == ["task-0", "task-1"]
 
 
 def test_tasks_bare_list_and_junk_entries() -> None:
-    tasks = decode_tasks(raw([{"id": "a"}, 3, "x", None, {"id": "a", "title": "again"}]), "s1")
+    tasks = decode_tasks(
+        raw([{"id": "a"}, 3, "x", None, {"id": "a", "title": "again"}]), "s1", created_at=T0
+    )
     assert [(t.id, t.title) for t in tasks or []] == [("a", "again")]
 
 
 @pytest.mark.parametrize("doc", [{"tasks": "nope"}, {"other": []}, 42, "x"])
 def test_tasks_wrong_shapes(doc: Any) -> None:
-    assert decode_tasks(raw(doc), "s1") is None
+    assert decode_tasks(raw(doc), "s1", created_at=T0) is None
 
 
 def test_tasks_invalid_json() -> None:
-    assert decode_tasks(b'{"tasks": [', "s1") is None
+    assert decode_tasks(b'{"tasks": [', "s1", created_at=T0) is None
 
 
 @pytest.mark.parametrize(

@@ -152,6 +152,14 @@ def test_path_parameters_match_the_templates(spec: dict[str, Any]) -> None:
             assert in_path == in_template, f"{method.upper()} {path}"
 
 
+def test_path_parameters_are_named_as_in_the_original_spec(spec: dict[str, Any]) -> None:
+    """SPEC §6: `{sessionId}` and `{taskId}`, so generated clients get the original
+    signatures."""
+    names = {name for path in spec["paths"] for name in re.findall(r"\{(\w+)\}", path)}
+    assert names == {"sessionId", "taskId"}
+    assert "/api/sessions/{sessionId}/tasks/{taskId}" in spec["paths"]
+
+
 def operations_by_id(spec: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     return {
         op["operationId"]: (item, op)

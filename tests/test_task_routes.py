@@ -100,13 +100,27 @@ async def test_all_tasks_newest_first_with_filter_and_pages(live: InProcessServe
     every = await get(live, "/api/tasks")
     assert task_ids(every) == ["a2", "c1", "b2", "b1", "c2", "a3", "a1"]
     assert every["pagination"] == {"total": 7, "limit": 100, "offset": 0, "hasMore": False}
+    # Every key of the original Task, null where the file says nothing (SPEC §6).
     assert every["tasks"][0] == {
         "id": "a2",
-        "title": "Untitled",
-        "status": "running",
         "sessionId": "a",
+        "title": "Untitled",
+        "description": "",
+        "status": "running",
+        "priority": 0,
         "createdAt": "2026-01-05T00:00:00.000Z",
+        "startedAt": None,
+        "completedAt": None,
+        "agent": None,
+        "output": None,
+        "error": None,
+        "progress": None,
+        "duration": None,
+        "updatedAt": None,
     }
+    # A task that does not say when it was created is as old as its session.
+    a1 = next(task for task in every["tasks"] if task["id"] == "a1")
+    assert a1["createdAt"] == "2026-01-01T00:00:00.000Z"
     page = await get(live, "/api/tasks", limit=2, offset=1)
     assert task_ids(page) == ["c1", "b2"]
     assert page["pagination"] == {"total": 7, "limit": 2, "offset": 1, "hasMore": True}
@@ -120,20 +134,11 @@ async def test_all_tasks_newest_first_with_filter_and_pages(live: InProcessServe
 
 async def test_active_and_queue(live: InProcessServer) -> None:
     # c is completed: its running and pending tasks are neither active nor queued.
-    assert await get(live, "/api/tasks/active") == {
-        "tasks": [
-            {
-                "id": "a2",
-                "title": "Untitled",
-                "status": "running",
-                "sessionId": "a",
-                "createdAt": "2026-01-05T00:00:00.000Z",
-            }
-        ],
-        "count": 1,
-    }
+    active = await get(live, "/api/tasks/active")
+    assert task_ids(active) == ["a2"] and active["count"] == 1
+    assert active["tasks"][0]["createdAt"] == "2026-01-05T00:00:00.000Z"
     queue = await get(live, "/api/tasks/queue")
-    # Highest priority first; equal ones in session order (b newer than a); none last.
+    # Highest priority first; equal ones in session order (b newer than a); none (0) last.
     assert task_ids(queue) == ["b1", "a3", "b2"] and queue["count"] == 3
 
 

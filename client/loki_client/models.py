@@ -258,20 +258,29 @@ class Session(Record, kw_only=True):
     exit_code: int | None = None
 
 
-class Task(Model, kw_only=True):
-    """A task, normalised from whatever shape `tasks.json` holds."""
+class Task(Record, kw_only=True):
+    """A task, normalised from whatever shape `tasks.json` holds.
+
+    It always carries the twelve keys of the original API's `Task` (the original
+    TypeScript client relies on them): `null` where unknown, `description` `""`
+    and `priority` 0 when the file has none, `createdAt` the session's start when
+    the file does not say. `progress`, `duration` and `updatedAt` are extras.
+    """
 
     id: str
+    session_id: str
     title: str
+    description: str
     status: str
-    session_id: str | None = None
-    description: str | None = None
-    priority: int | None = None
+    priority: int
+    created_at: str
+    started_at: str | None
+    completed_at: str | None
+    agent: str | None
+    output: str | None
+    error: str | None
     progress: float | None = None
-    output: str | None = None
-    error: str | None = None
     duration: float | None = None
-    created_at: str | None = None
     updated_at: str | None = None
 
 
@@ -403,7 +412,7 @@ class ClusterInfo(Record, kw_only=True):
 class Health(Record, kw_only=True):
     status: Literal["healthy", "degraded", "unhealthy"]
     version: str
-    uptime: float
+    uptime: int  # milliseconds, as in the original API
     providers: ProviderAvailability
     active_session: str | None = None
     cli: str | None = None
@@ -424,7 +433,7 @@ class Readiness(Record, kw_only=True):
 
 class Liveness(Record, kw_only=True):
     alive: bool
-    uptime: float
+    uptime: int  # milliseconds
 
 
 class SessionCounts(Record, kw_only=True):
@@ -448,7 +457,8 @@ class SystemInfo(Record, kw_only=True):
 
 class Status(Record, kw_only=True):
     version: str
-    uptime: float
+    uptime: int  # milliseconds, as /health
+    uptime_seconds: float
     uptime_formatted: str
     providers: ProviderAvailability
     sessions: SessionCounts

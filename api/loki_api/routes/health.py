@@ -15,6 +15,11 @@ from ..params import json_response
 from .events import runtime_of
 
 
+def uptime_ms(seconds: float) -> int:
+    """Uptime as the original API gives it: whole milliseconds."""
+    return int(seconds * 1000)
+
+
 def format_uptime(seconds: float) -> str:
     total = int(seconds)
     days, rest = divmod(total, 86400)
@@ -40,7 +45,7 @@ async def health(request: Request) -> Response:
     body = Health(
         status=status,
         version=__version__,
-        uptime=round(runtime.uptime, 3),
+        uptime=uptime_ms(runtime.uptime),
         providers=runtime.providers.get(),
         active_session=runtime.active_session(),
         cli=runtime.cli_description(),
@@ -57,7 +62,7 @@ async def ready(request: Request) -> Response:
 
 
 async def live(request: Request) -> Response:
-    return json_response(Liveness(alive=True, uptime=round(runtime_of(request).uptime, 3)))
+    return json_response(Liveness(alive=True, uptime=uptime_ms(runtime_of(request).uptime)))
 
 
 async def status(request: Request) -> Response:
@@ -66,7 +71,8 @@ async def status(request: Request) -> Response:
     return json_response(
         Status(
             version=__version__,
-            uptime=round(runtime.uptime, 3),
+            uptime=uptime_ms(runtime.uptime),
+            uptime_seconds=round(runtime.uptime, 3),
             uptime_formatted=format_uptime(runtime.uptime),
             providers=runtime.providers.get(),
             sessions=runtime.session_counts(),

@@ -125,9 +125,9 @@ async def active_tasks(request: Request) -> Response:
 
 def by_priority(store: StateStore) -> Listed:
     """Pending and queued tasks, highest priority first; equal priorities keep their
-    session/file order, no priority goes last."""
+    session/file order; no priority is 0."""
     waiting = list(tasks_in(store, WAITING))
-    waiting.sort(key=lambda item: -(item[1].priority if item[1].priority is not None else -(2**31)))
+    waiting.sort(key=lambda item: -item[1].priority)
     return waiting
 
 

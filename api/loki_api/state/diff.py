@@ -145,7 +145,7 @@ def task_data(task: Task) -> TaskEventData:
         task_id=task.id,
         title=task.title,
         status=task.status,
-        description=task.description,
+        description=task.description or None,
         progress=task.progress,
         output=task.output,
         error=task.error,

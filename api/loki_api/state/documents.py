@@ -161,6 +161,9 @@ _TASK_FIELDS: dict[str, tuple[str, Any]] = {
     "error": ("error", _text),
     "duration": ("duration", _number),
     "createdAt": ("created_at", _text),
+    "startedAt": ("started_at", _text),
+    "completedAt": ("completed_at", _text),
+    "agent": ("agent", _text),
     "updatedAt": ("updated_at", _text),
 }
 
@@ -174,22 +177,38 @@ def normalise_task_status(value: Any) -> str:
     return status if status in TASK_STATUSES else "pending"
 
 
-def normalise_task(doc: dict[str, Any], index: int, session_id: str) -> Task:
-    """One task object → `Task` (SPEC §3.1). A missing id becomes `task-<index>`."""
+def normalise_task(doc: dict[str, Any], index: int, session_id: str, *, created_at: str) -> Task:
+    """One task object → `Task` (SPEC §3.1). A missing id becomes `task-<index>`.
+
+    Every key of the original API's Task is set (SPEC §6): what the object lacks is
+    null, `description` "", `priority` 0, and `createdAt` the given fallback.
+    """
     title = _text(doc.get("title")) or _text(doc.get("subject")) or "Untitled"
+    fields: dict[str, Any] = {
+        "description": "",
+        "priority": 0,
+        "created_at": created_at,
+        "started_at": None,
+        "completed_at": None,
+        "agent": None,
+        "output": None,
+        "error": None,
+    }
+    fields.update(_pick(doc, _TASK_FIELDS, f"{session_id}/{TASKS_FILE}"))
     return Task(
         id=_ident(doc.get("id")) or f"task-{index}",
         title=title,
         status=normalise_task_status(doc.get("status")),
         session_id=session_id,
-        **_pick(doc, _TASK_FIELDS, f"{session_id}/{TASKS_FILE}"),
+        **fields,
     )
 
 
-def decode_tasks(raw: bytes, session_id: str) -> list[Task] | None:
+def decode_tasks(raw: bytes, session_id: str, *, created_at: str) -> list[Task] | None:
     """`tasks.json` (`{"tasks": [...]}` or a bare list) → normalised tasks.
 
     Entries that are not objects are skipped; of two tasks with one id the last wins.
+    `created_at` is the creation time of tasks that do not give theirs.
     """
     what = f"{session_id}/{TASKS_FILE}"
     doc = parse_json(raw, what)
@@ -203,7 +222,7 @@ def decode_tasks(raw: bytes, session_id: str) -> list[Task] | None:
         if not isinstance(item, dict):
             log.debug("%s: skipping entry %d (not an object)", what, index)
             continue
-        task = normalise_task(item, index, session_id)
+        task = normalise_task(item, index, session_id, created_at=created_at)
         tasks.pop(task.id, None)
         tasks[task.id] = task
     return list(tasks.values())

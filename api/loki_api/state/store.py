@@ -415,6 +415,7 @@ class StateStore:
             state.record = new
             if new.started_at != old.started_at:
                 self._sorted = None
+                self._redate_tasks(state)
             changes = self._record_changes(state, old, new)
         elif name == PHASE_FILE:
             phase = decode_phase(raw, state.id)
@@ -424,7 +425,7 @@ class StateStore:
                 state, phase.current, previous=phase.previous, progress=phase.progress
             )
         elif name == TASKS_FILE:
-            tasks = decode_tasks(raw, state.id)
+            tasks = decode_tasks(raw, state.id, created_at=self._undated(state))
             if tasks is None:
                 return
             changes = diff.task_changes(state.tasks, tasks)
@@ -444,6 +445,20 @@ class StateStore:
         else:
             for event_type, data in changes:  # announced before: remember, say nothing
                 state.announced.admit(event_type, data)
+
+    def _undated(self, state: SessionState) -> str:
+        """The creation time of a task that does not give one: its session's start."""
+        return state.record.started_at or iso_timestamp(self._clock())
+
+    def _redate_tasks(self, state: SessionState) -> None:
+        """The session's start moved: its undated tasks move with it (nothing to publish)."""
+        raw = state.seen.get(TASKS_FILE)
+        tasks = (
+            None if raw is None else decode_tasks(raw, state.id, created_at=self._undated(state))
+        )
+        if tasks is not None:
+            state.tasks = tasks
+            self._views.clear()
 
     def _merge(self, state: SessionState, fields: dict[str, Any]) -> Session:
         """The record after reading `fields` from session.json.
