@@ -151,6 +151,10 @@ def test_server_wheel_depends_on_the_client_and_ships_the_spec(
     assert "loki_api/py.typed" in names
     assert not any(name.startswith("loki_client/") for name in names)
     assert packaged == SPEC_PATH.read_text()
+    # The live console's files ship too (SPEC §12: no build step, works offline).
+    console_dir = ROOT / "api" / "loki_api" / "console"
+    shipped = {n.removeprefix("loki_api/console/") for n in names if "loki_api/console/" in n}
+    assert shipped == {p.name for p in console_dir.iterdir() if p.is_file()}
     # The installed route finds the packaged copy without the checkout.
     probe = (
         "from loki_api.routes import openapi as o; import sys; "
@@ -168,6 +172,20 @@ def test_server_wheel_depends_on_the_client_and_ships_the_spec(
     )
     assert served.returncode == 0, served.stderr.decode()
     assert json.loads(served.stdout) == yaml.safe_load(packaged)
+    console_probe = (
+        "from loki_api.routes import console as c; f = c.console_files(); "
+        "print(c.__file__, f.build, sorted(f.assets))"
+    )
+    installed = subprocess.run(
+        [sys.executable, "-c", console_probe],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+    )
+    assert installed.returncode == 0, installed.stderr
+    assert installed.stdout.startswith(str(tmp_path / "site")) and "'app.js'" in installed.stdout
 
 
 USE_THE_SDK = textwrap.dedent(

@@ -120,7 +120,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app = LokiApp(
         stream_app=stream_stack(settings, windows),
         tally=runtime.http,
-        routes=build_routes(),
+        routes=build_routes(console_on=settings.console),
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers=exception_handlers(debug=settings.log_level == "debug"),

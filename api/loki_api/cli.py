@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--metrics-public", action="store_true", help="serve /metrics without auth")
     add("--keepalive", type=float, help="seconds between SSE keep-alive comments (15)")
+    add("--no-console", action="store_true", help="do not serve the live console at /")
+    add(
+        "--no-loopback-trust",
+        action="store_true",
+        help="require the token from loopback clients too (e.g. behind a local reverse proxy)",
+    )
     cluster = parser.add_argument_group("cluster mode (NATS JetStream)")
     cluster.add_argument(
         "--nats", help="comma list of NATS URLs; turns cluster mode on (LOKI_NATS_URL)"
@@ -135,6 +141,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         log_format=log_format,
         metrics_public=args.metrics_public,
         keepalive=float(pick(args.keepalive, env_float(env, "LOKI_SSE_KEEPALIVE"), 15.0)),  # type: ignore[arg-type]
+        console=not args.no_console,
+        trust_loopback=not args.no_loopback_trust,
         **cluster_settings(args, env),
     )
     validate(settings)
@@ -219,6 +227,8 @@ def validate(settings: Settings) -> None:
     for path in (settings.tls_cert, settings.tls_key):
         if path is not None and not os.access(path, os.R_OK):
             raise SettingsError(f"cannot read TLS file {path}")
+    if not settings.trust_loopback and settings.auth and settings.token is None:
+        raise SettingsError("--no-loopback-trust needs a token (--token or LOKI_API_TOKEN)")
     if settings.token is not None and len(settings.token) < 16:
         raise SettingsError("the API token must be at least 16 characters")
 

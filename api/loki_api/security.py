@@ -9,7 +9,11 @@ Pure ASGI middleware (no `BaseHTTPMiddleware`), so streams pass through untouche
   constant time.
 - When the server is bound to loopback, a `Host` that is not a loopback name is
   refused: a page on evil.example that resolves to 127.0.0.1 gets 403.
-- `/health*` needs no token.
+- `/health*` needs no token, nor do the console's page and static assets (`/`,
+  `/console/...`): they hold no data, and a browser must load them before it
+  can ask its user for the token. Neither counts toward the rate limit.
+- `trust_loopback=False` (`--no-loopback-trust`) asks loopback peers for the
+  token too: behind a reverse proxy on the same host every client is loopback.
 """
 
 from __future__ import annotations
@@ -28,6 +32,17 @@ from .settings import Settings, is_loopback_host
 
 EVENTS_PATH = "/api/events"
 METRICS_PATH = "/metrics"
+CONSOLE_ASSETS_PREFIX = "/console/"
+
+
+def is_public(path: str) -> bool:
+    """Paths anyone may read without a token: probes, and the console's static files."""
+    return (
+        path == "/health"
+        or path.startswith("/health/")
+        or path == "/"
+        or path.startswith(CONSOLE_ASSETS_PREFIX)
+    )
 
 
 def is_loopback_peer(scope: Scope) -> bool:
@@ -108,11 +123,11 @@ class SecurityMiddleware:
             if host is not None and not is_loopback_host(host_name(host)):
                 return 403, "FORBIDDEN", f"Host {host!r} is not allowed for a loopback server"
         path: str = scope.get("path", "")
-        if not settings.auth or path == "/health" or path.startswith("/health/"):
+        if not settings.auth or is_public(path):
             return None
         if path == METRICS_PATH and settings.metrics_public:
             return None
-        if is_loopback_peer(scope):
+        if settings.trust_loopback and is_loopback_peer(scope):
             return None
         if self._token is None:
             return (
@@ -135,7 +150,7 @@ class RateWindows:
 
 
 class RateLimitMiddleware:
-    """Fixed one-minute windows per client address; `/health*` is not counted."""
+    """Fixed one-minute windows per client address; public paths are not counted."""
 
     def __init__(
         self,
@@ -153,7 +168,7 @@ class RateLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
-        if scope["type"] != "http" or path == "/health" or path.startswith("/health/"):
+        if scope["type"] != "http" or is_public(path):
             await self.app(scope, receive, send)
             return
         client = scope.get("client")

@@ -70,9 +70,11 @@ def banner_fields(settings: Settings, runtime: Runtime, port: int) -> dict[str, 
         else "loopback only (no token set)"
     )
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"{settings.scheme}://{host}:{port}"
     fields = {
         "version": __version__,
-        "url": f"{settings.scheme}://{host}:{port}",
+        "url": url,
+        "console": f"{url}/" if settings.console else "off (--no-console)",
         "stateDir": str(settings.state_dir),
         "cli": runtime.cli_description() or "none found",
         "auth": auth,
@@ -85,6 +87,7 @@ def banner_fields(settings: Settings, runtime: Runtime, port: int) -> dict[str, 
 
 BANNER_LABELS = {
     "url": "url",
+    "console": "console",
     "stateDir": "state dir",
     "cli": "cli",
     "auth": "auth",

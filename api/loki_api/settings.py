@@ -55,6 +55,11 @@ class Settings:
     nats_tls_ca: Path | None = None
     # Events a node keeps while NATS is unreachable; beyond that they are counted as lost.
     publish_buffer: int = 100_000
+    # Serve the live console at `/` (off with --no-console).
+    console: bool = True
+    # Loopback peers need no token. Off (--no-loopback-trust) behind a reverse proxy on
+    # the same host, where every client arrives from 127.0.0.1.
+    trust_loopback: bool = True
 
     @property
     def state_dir(self) -> Path:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from . import events, health, metrics, openapi, sessions, tasks
+from . import console, events, health, metrics, openapi, sessions, tasks
 
 
-def build_routes() -> list[BaseRoute]:
-    return [
+def build_routes(*, console_on: bool = True) -> list[BaseRoute]:
+    api = [
         *health.routes,
         *events.routes,
         *sessions.routes,
@@ -16,3 +16,4 @@ def build_routes() -> list[BaseRoute]:
         *openapi.routes,
         *metrics.routes,
     ]
+    return [*api, *console.routes] if console_on else api
