@@ -15,7 +15,7 @@ import pytest
 from loki_api.cli import build_parser, settings_from
 from loki_api.routes import console
 from loki_api.runtime import Runtime
-from loki_api.serve import banner
+from loki_api.serve import banner, banner_fields
 from loki_api.settings import Settings, SettingsError
 
 from .test_security import make_client
@@ -177,9 +177,9 @@ def test_flags() -> None:
 
 def test_banner_names_the_console_url(tmp_path: Path) -> None:
     on = Settings(loki_dir=tmp_path)
-    assert "console    http://127.0.0.1:8420/" in banner(on, Runtime(on), 8420)
+    assert "console    http://127.0.0.1:8420/" in banner(banner_fields(on, Runtime(on), 8420))
     off = Settings(loki_dir=tmp_path, console=False)
-    assert "console    off (--no-console)" in banner(off, Runtime(off), 8420)
+    assert "console    off (--no-console)" in banner(banner_fields(off, Runtime(off), 8420))
 
 
 # --------------------------------------------------------- static checks of the files

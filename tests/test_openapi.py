@@ -69,7 +69,8 @@ def documented_operations(spec: dict[str, Any]) -> set[tuple[str, str]]:
 def app_operations(app) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
     operations = set()
     for route in app.routes:
-        if isinstance(route, Route):
+        # include_in_schema=False: the console's asset URLs, which only its page uses.
+        if isinstance(route, Route) and route.include_in_schema:
             path = template(route.path)
             operations |= {(path, m) for m in route.methods or () if m != "HEAD"}
     return operations

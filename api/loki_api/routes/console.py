@@ -32,7 +32,7 @@ from importlib.resources.abc import Traversable
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Route
 
 from ..errors import ApiError, NotFound
 from ..security import CONSOLE_ASSETS_PREFIX
@@ -139,8 +139,7 @@ async def asset(request: Request) -> Response:
 
 routes: list[BaseRoute] = [
     Route("/", page, methods=["GET"]),
-    Mount(
-        CONSOLE_ASSETS_PREFIX.rstrip("/"),
-        routes=[Route("/{build}/{name}", asset, methods=["GET"])],
+    Route(
+        CONSOLE_ASSETS_PREFIX + "{build}/{name}", asset, methods=["GET"], include_in_schema=False
     ),
 ]
