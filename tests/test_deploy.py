@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from loki_api.cli import build_parser, settings_from
+from loki_api.settings import Settings
 
 from .support import ServerProcess
 
@@ -122,6 +123,20 @@ def test_the_wheel_stage_builds_both_distributions(tmp_path: Path) -> None:
         requires = server.read(metadata).decode()
     assert "Requires-Dist: loki-client" in requires
     assert "Requires-Dist: prometheus-client" in requires
+    assert "Provides-Extra: cluster" in requires  # the image installs loki-api[cluster]
+    # The final stage's install line, on these wheels, resolves (dry run, offline:
+    # the dependencies are those of this environment).
+    install = next(
+        args for word, args in final_stage() if word == "RUN" and "pip install" in args
+    ).split(" && ")[0]
+    assert "loki_client-" in install and "[cluster]" in install
+    install = install.replace("/tmp/wheels", str(tmp_path)).replace(
+        "pip install", f"{sys.executable} -m pip install --dry-run --no-index --quiet", 1
+    )
+    result = subprocess.run(
+        ["bash", "-c", install], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, install + result.stdout + result.stderr
 
 
 # ------------------------------------------------------------------ Kubernetes
@@ -155,11 +170,18 @@ def test_manifests_validate_against_the_kubernetes_schemas(directory: str) -> No
             kubernetes_validate.validate(doc, version, strict=True)
 
 
+def pod_settings(container: dict[str, Any]) -> Settings:
+    """The settings `loki serve` builds from the container's args and plain env values."""
+    assert container["args"][0] == "serve"
+    env = {e["name"]: e["value"] for e in container.get("env", ()) if "value" in e}
+    env["LOKI_NODE_ID"] = "loki-api-0"  # from the pod's name (downward API)
+    return settings_from(build_parser().parse_args(container["args"][1:]), env)
+
+
 def check_server_pod(pod: dict[str, Any], state_volume: str) -> dict[str, Any]:
     """What both layouts promise about the server's pod; returns its container."""
     (container,) = pod["containers"]
-    assert container["args"][0] == "serve"
-    settings = settings_from(build_parser().parse_args(container["args"][1:]), {})
+    settings = pod_settings(container)
     assert settings.host == "0.0.0.0" and settings.stop_sessions_on_exit
     assert pod["terminationGracePeriodSeconds"] > settings.stop_grace
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
@@ -212,7 +234,12 @@ def test_cluster_layout() -> None:
     env = {e["name"]: e for e in container["env"]}
     assert env["LOKI_NATS_URL"]["value"].startswith("nats://")
     assert env["LOKI_NODE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert int(env["LOKI_NATS_REPLICAS"]["value"]) == 3
+    settings = pod_settings(container)
+    assert settings.clustered and settings.nats_urls == ("nats://nats:4222",)
+    assert settings.replicas == 3 and settings.node_id == "loki-api-0"
+    assert not pod_settings(
+        one(resources("single-node"), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    ).clustered
     check_secret(docs)
     values = yaml.safe_load(HELM_VALUES.read_text())
     assert values["config"]["jetstream"]["enabled"] is True
