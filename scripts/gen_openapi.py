@@ -180,6 +180,7 @@ def describe_stream(paths: dict[str, Any]) -> None:
         "The stream. Each message's `event:` field is one of these types and its `data:` "
         "field is the JSON envelope (`AnyEvent`; `Event_<domain>_<action>` per type):\n\n"
         "| event | data |\n|---|---|\n" + rows + "\n"
+        "| `gap` | `StreamGap` (not an envelope: sent before a replay that misses events) |\n"
     )
 
 

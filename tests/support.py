@@ -214,11 +214,11 @@ class InProcessServer:
 
 
 @asynccontextmanager
-async def serve_in_process(settings: Any) -> AsyncIterator[InProcessServer]:
+async def serve_in_process(settings: Any, http: str = "auto") -> AsyncIterator[InProcessServer]:
     """Run the real app under uvicorn on a free port inside the test's event loop.
 
     The test can reach `runtime.bus` directly (to publish events) while talking
-    to the server over real HTTP.
+    to the server over real HTTP. `http` is uvicorn's HTTP protocol (`h11`...).
     """
     import socket
 
@@ -233,7 +233,9 @@ async def serve_in_process(settings: Any) -> AsyncIterator[InProcessServer]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", settings.port))
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5, http=http
+    )
     server = LokiServer(config, runtime)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     async with anyio.create_task_group() as tg:

@@ -70,6 +70,14 @@ def test_environment_is_read_and_flags_win() -> None:
     assert (s.port, s.max_sessions, s.log_level) == (9002, 2, "warning")
 
 
+def test_send_deadline_setting() -> None:
+    assert settings([], {}).send_deadline == 30.0
+    assert settings([], {"LOKI_SEND_DEADLINE": "5"}).send_deadline == 5.0
+    assert settings(["--send-deadline", "2.5"], {"LOKI_SEND_DEADLINE": "5"}).send_deadline == 2.5
+    with pytest.raises(SettingsError):
+        settings(["--send-deadline", "0"], {})
+
+
 def test_dashboard_port_is_the_fallback() -> None:
     assert settings([], {"LOKI_DASHBOARD_PORT": "7000"}).port == 7000
     assert settings([], {"LOKI_DASHBOARD_PORT": "7000", "LOKI_API_PORT": "7001"}).port == 7001

@@ -12,6 +12,8 @@ EXPECTED = {
     "LokiError",
     "LokiConnectionError",
     "LokiDecodeError",
+    "EventsMissed",
+    "StreamGap",
     "LokiApiError",
     "BadRequest",
     "Unauthorized",

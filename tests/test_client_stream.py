@@ -16,12 +16,14 @@ import pytest
 from loki_client import (
     AsyncLokiClient,
     BadRequest,
+    EventsMissed,
     LogEventData,
     LokiClient,
     LokiConnectionError,
     LokiDecodeError,
     RateLimited,
     ServiceUnavailable,
+    StreamGap,
 )
 from loki_client._base import seq_of
 from loki_client._sse import ServerSentEvent
@@ -218,3 +220,42 @@ def test_ids_that_are_not_ours_are_yielded_without_dedup() -> None:
     assert event is not None and event.data == {"a": 1}
     assert resume.accept(ServerSentEvent(data=envelope)) is not None
     assert resume.last_id == "foreign"
+
+
+def gap(last: str, resumed: str | None, missed: int | None) -> bytes:
+    data = json.dumps({"lastEventId": last, "resumedFrom": resumed, "missed": missed})
+    return f"event: gap\ndata: {data}\n\n".encode()
+
+
+def test_a_gap_goes_to_on_gap_and_the_stream_goes_on() -> None:
+    gaps: list[StreamGap] = []
+    transport = scripted([7], [stream_of(gap("evt_7_1", "evt_20_1", 12), frame(20), frame(21))], [])
+    with LokiClient("http://loki.test", transport=transport) as client:
+        with client.events(on_gap=gaps.append) as stream:
+            got = [next(stream), next(stream)]
+    assert [seq_of(e.id) for e in got] == [20, 21]
+    assert gaps == [StreamGap(last_event_id="evt_7_1", resumed_from="evt_20_1", missed=12)]
+
+
+def test_without_on_gap_a_gap_raises_events_missed() -> None:
+    transport = scripted([7], [stream_of(frame(8), gap("evt_8_1", "evt_30_1", 21))], [])
+    with LokiClient("http://loki.test", transport=transport) as client:
+        stream = client.events()
+        assert seq_of(next(stream).id) == 8
+        with pytest.raises(EventsMissed) as caught:
+            next(stream)
+    assert caught.value.gap.missed == 21 and "21 events missed" in str(caught.value)
+
+
+@pytest.mark.anyio
+async def test_a_gap_for_an_unknown_id_restarts_deduplication() -> None:
+    # The server's state was wiped: its ids start again below ours.
+    gaps: list[StreamGap] = []
+    transport = scripted(
+        [50], [stream_of(gap("evt_50_1", "evt_1_1", None), frame(1), frame(2))], []
+    )
+    async with AsyncLokiClient("http://loki.test", transport=transport) as client:
+        async with client.events(on_gap=gaps.append) as stream:
+            got = [await anext(stream), await anext(stream)]
+    assert [seq_of(e.id) for e in got] == [1, 2]
+    assert gaps[0].missed is None

@@ -20,6 +20,7 @@ from .routes.events import EventStreamApp
 from .runtime import Runtime
 from .security import EVENTS_PATH, RateLimitMiddleware, RateWindows, SecurityMiddleware
 from .settings import Settings
+from .sse import RAW_SEND
 from .tally import HttpTally
 
 # Default CORS: pages served from a loopback origin, on any port.
@@ -72,6 +73,7 @@ class LokiApp(Starlette):
         if scope["path"] == EVENTS_PATH and scope["method"] in ("GET", "HEAD"):
             scope["app"] = self
             scope["route"] = self.stream_route  # what the router would have matched
+            scope[RAW_SEND] = send  # the stream reaches its connection through it
             await self.stream_app(scope, receive, send)
             return
         await super().__call__(scope, receive, send)

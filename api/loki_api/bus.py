@@ -24,9 +24,13 @@ tick, after the turn's batches were written, so no frame is sent twice or
 skipped.
 
 A waiting subscriber whose socket is full (`blocked`) and whose pending list
-passes `max_pending` frames is cut off (its stream ends and the client resumes
-with `Last-Event-ID`): a slow reader never blocks the bus or grows memory
-without bound.
+passes `max_pending` frames (keep-alive pings included) is cut off: it leaves
+the bus, and its stream hangs up (final comment, connection closed) so the
+client resumes with `Last-Event-ID` at once. A slow reader never blocks the bus
+or grows memory without bound.
+
+Resuming from an id the history no longer reaches (or one that is not ours) is
+a *gap*, said to the client before the replay (`resume_gap`).
 
 All methods must be called from the event loop's thread (the watcher hands
 its work to the loop before it publishes).
@@ -36,26 +40,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from .encoding import decode_raw_event, encode
 from .eventlog import EventLog, seq_of
 from .filters import MATCH_ALL, EventFilter
-from .models import Event, EventStats
+from .models import Event, EventStats, StreamGap
 from .tally import Buckets
 
 log = logging.getLogger(__name__)
 
 PING_FRAME = b": ping\n\n"
+# One of our ids: ASCII digits of a sane length, so `seq_of` never meets "²" or
+# a 5000-digit number.
+EVENT_ID = re.compile(r"evt_[0-9]{1,19}_[0-9]{1,19}")
 
 
 def sse_frame(event_id: str, event_type: str, json: bytes) -> bytes:
     return b"".join(
         (b"id: ", event_id.encode(), b"\nevent: ", event_type.encode(), b"\ndata: ", json, b"\n\n")
     )
+
+
+def gap_frame(gap: StreamGap) -> bytes:
+    """The `gap` message: no `id:`, so a browser keeps resuming from what it asked."""
+    return b"event: gap\ndata: %s\n\n" % encode(gap)
 
 
 def iso_timestamp(unix: float) -> str:
@@ -77,6 +91,11 @@ class StoredEvent:
         self.session_id = session_id
         self.json = json
         self.frame = sse_frame(event_id, type, json)
+
+    @property
+    def id(self) -> str:
+        frame = self.frame
+        return frame[4 : frame.index(b"\n")].decode()
 
 
 class Batch:
@@ -113,10 +132,21 @@ class Subscriber:
     `pending`. `blocked`: its stream is writing by itself (the opening, or a
     full socket); the tick leaves it alone, and only a blocked subscriber can
     be cut off as too slow. `writer` is set by the stream once it is ready for
-    the tick.
+    the tick; `hangup`, by the stream at once: a cut-off calls it to close the
+    connection right away.
     """
 
-    __slots__ = ("filter", "pending", "closed", "overflowed", "blocked", "dirty", "live", "writer")
+    __slots__ = (
+        "filter",
+        "pending",
+        "closed",
+        "overflowed",
+        "blocked",
+        "dirty",
+        "live",
+        "writer",
+        "hangup",
+    )
 
     def __init__(self, event_filter: EventFilter) -> None:
         self.filter = event_filter
@@ -127,6 +157,7 @@ class Subscriber:
         self.dirty = False
         self.live = False
         self.writer: StreamWriter | None = None
+        self.hangup: Callable[[], None] | None = None
 
     def take(self) -> list[bytes]:
         frames, self.pending = self.pending, []
@@ -172,8 +203,8 @@ class EventBus:
         self.dropped = 0
         self.by_type: Counter[str] = Counter()
         # Read by /metrics at scrape time (`metrics.py`); plain numbers, so counting is free.
-        self.cutoffs = 0  # streams cut off as too slow
-        self.gaps = 0  # resumes from an id older than the history holds
+        self.cutoffs = 0  # streams cut off as too slow (frame bound or send deadline)
+        self.gaps = 0  # resumes that missed events (`resume_gap`)
         self.replays = 0  # subscriptions that asked for history
         self.replayed = 0  # events handed to them as replay
         # Publish -> socket write, once per loop turn: from the turn's first publish
@@ -435,10 +466,19 @@ class EventBus:
         self._mark(subscriber)
 
     def _cut_off(self, subscriber: Subscriber) -> None:
+        self.dropped += 1  # the frame that did not fit; the client resumes from its last id
+        self.cut_off(subscriber)
+
+    def cut_off(self, subscriber: Subscriber) -> None:
+        """End a too-slow stream now: it leaves the bus and its connection is closed."""
+        if subscriber.closed:
+            return
         subscriber.overflowed = True
         self.cutoffs += 1
-        self.dropped += 1  # the frame that did not fit; the client resumes from its last id
         self.close_subscriber(subscriber)
+        hangup = subscriber.hangup
+        if hangup is not None:
+            hangup()
 
     def _mark(self, subscriber: Subscriber) -> None:
         if not subscriber.dirty:
@@ -447,16 +487,62 @@ class EventBus:
         self._schedule_tick()
 
     def ping_all(self) -> None:
-        """Queue a keep-alive comment on every stream (one pass, no per-stream timers)."""
+        """Queue a keep-alive comment on every stream (one pass, no per-stream timers).
+
+        A ping counts toward a blocked stream's bound like any frame, so a reader
+        that never reads is cut off even when no event is published.
+        """
+        too_slow: list[Subscriber] = []
         for group in self._groups.values():
             if group.live:
                 self._to_batch(group, PING_FRAME)
-            for subscriber in group.waiting:
-                subscriber.pending.append(PING_FRAME)  # a ping never cuts a stream off
-                self._mark(subscriber)
+            if group.waiting:
+                self._queue(group.waiting, PING_FRAME, too_slow)
+        for subscriber in too_slow:
+            self._cut_off(subscriber)
         self._schedule_tick()
 
     # ----------------------------------------------------------------- history
+
+    def resume_gap(self, after_id: str) -> StreamGap | None:
+        """What a client resuming after `after_id` missed, or None when it missed nothing.
+
+        An id older than the oldest held event: `missed` is how many events (of
+        any type) fell out of history. An id that is not one of ours (malformed,
+        from the future, or a held sequence number with another id): `missed` is
+        None, and the client is replayed everything held (see `subscribe`).
+        Each gap found is counted in `gaps`.
+        """
+        gap = self._gap(after_id)
+        if gap is not None:
+            self.gaps += 1
+        return gap
+
+    def _gap(self, after_id: str) -> StreamGap | None:
+        history = self._history
+        oldest = history[0] if history else None
+        resumed_from = oldest.id if oldest is not None else None
+        seq = seq_of(after_id) if EVENT_ID.fullmatch(after_id) else None
+        if seq is None or seq > self._seq:
+            return StreamGap(last_event_id=after_id, resumed_from=resumed_from, missed=None)
+        first_held = oldest.seq if oldest is not None else self._seq + 1
+        if seq < first_held - 1:
+            return StreamGap(
+                last_event_id=after_id, resumed_from=resumed_from, missed=first_held - 1 - seq
+            )
+        if seq >= first_held and self._held_id(seq) != after_id:
+            return StreamGap(last_event_id=after_id, resumed_from=resumed_from, missed=None)
+        return None
+
+    def _held_id(self, seq: int) -> str | None:
+        history = self._history
+        index = seq - history[0].seq
+        if 0 <= index < len(history) and history[index].seq == seq:
+            return history[index].id
+        for stored in history:  # sequence numbers not contiguous (a log cut short)
+            if stored.seq == seq:
+                return stored.id
+        return None
 
     def history(
         self,

@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--metrics-public", action="store_true", help="serve /metrics without auth")
     add("--keepalive", type=float, help="seconds between SSE keep-alive comments (15)")
+    add(
+        "--send-deadline",
+        type=float,
+        help="seconds an SSE client's socket may stay full before it is cut off "
+        "(LOKI_SEND_DEADLINE, 30)",
+    )
     add("--no-console", action="store_true", help="do not serve the live console at /")
     add(
         "--no-loopback-trust",
@@ -141,6 +147,9 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         log_format=log_format,
         metrics_public=args.metrics_public,
         keepalive=float(pick(args.keepalive, env_float(env, "LOKI_SSE_KEEPALIVE"), 15.0)),  # type: ignore[arg-type]
+        send_deadline=float(
+            pick(args.send_deadline, env_float(env, "LOKI_SEND_DEADLINE"), 30.0)  # type: ignore[arg-type]
+        ),
         console=not args.no_console,
         trust_loopback=not args.no_loopback_trust,
         **cluster_settings(args, env),
@@ -222,6 +231,8 @@ def validate(settings: Settings) -> None:
         raise SettingsError("--rate-limit must not be negative")
     if settings.keepalive <= 0:
         raise SettingsError("--keepalive must be positive")
+    if settings.send_deadline <= 0:
+        raise SettingsError("--send-deadline must be positive")
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise SettingsError("--tls-cert and --tls-key go together")
     for path in (settings.tls_cert, settings.tls_key):

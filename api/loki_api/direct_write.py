@@ -13,16 +13,38 @@ which still go through `send`; `DirectChunkWriter.of` returns None for any other
 server or protocol (h11, a response that is not chunked, a wrapped `send` as
 with `--rate-limit`, a uvicorn whose cycle lacks an attribute used here), and
 the stream then keeps using `send`.
+
+`UvicornCycle` is the smaller promise both paths need from uvicorn's request
+cycle (httptools or h11): notice a connection that closed under a pipelined
+request, and hang up a stream that was cut off (final comment, then close the
+connection so the client reconnects at once).
+
+These are private attributes of uvicorn: pyproject.toml pins the uvicorn range
+they were tested on, and tests/test_stream.py fails if the direct path stops
+engaging on it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.types import Send
 
-# The protocol whose request cycle this writer knows the attributes of.
+# The protocols whose request cycles these classes know the attributes of.
 UVICORN_HTTPTOOLS_CYCLE = "uvicorn.protocols.http.httptools_impl"
+UVICORN_H11_CYCLE = "uvicorn.protocols.http.h11_impl"
+# How long a hung-up stream's last bytes may take to leave before the connection
+# is reset: a reader that reads slowly still sees the final comment; one that
+# never reads is gone after this.
+HANGUP_LINGER = 1.0
+
+
+def unwrapped(send: Send) -> Send:
+    """`send` without the wrappers that set `__wrapped__` (`access.ResponseStart`)."""
+    while (inner := getattr(send, "__wrapped__", None)) is not None:
+        send = inner
+    return send
 
 
 def chunk(body: bytes) -> bytes:
@@ -47,9 +69,7 @@ class DirectChunkWriter:
         A wrapper that sets `__wrapped__` (`access.ResponseStart`) only needs to
         see the response start, which went through it already: it is looked through.
         """
-        while (inner := getattr(send, "__wrapped__", None)) is not None:
-            send = inner
-        cycle = getattr(send, "__self__", None)
+        cycle = getattr(unwrapped(send), "__self__", None)
         if type(cycle).__module__ != UVICORN_HTTPTOOLS_CYCLE:
             return None
         try:
@@ -81,3 +101,87 @@ class DirectChunkWriter:
             return True
         self._transport.write(data)
         return not self._flow.write_paused
+
+
+class UvicornCycle:
+    """The request cycle of uvicorn (httptools or h11) behind an ASGI `send`."""
+
+    __slots__ = ("_cycle", "_transport", "_h11")
+
+    def __init__(self, cycle: Any, h11: bool) -> None:
+        self._cycle = cycle
+        self._transport = cycle.transport
+        self._h11 = h11
+
+    @classmethod
+    def of(cls, send: Send) -> UvicornCycle | None:
+        """The cycle `send` belongs to, or None (another server, an opaque wrapper)."""
+        cycle = getattr(unwrapped(send), "__self__", None)
+        module = type(cycle).__module__
+        if module not in (UVICORN_HTTPTOOLS_CYCLE, UVICORN_H11_CYCLE):
+            return None
+        try:
+            usable = (
+                isinstance(cycle.disconnected, bool)
+                and isinstance(cycle.response_complete, bool)
+                and callable(cycle.transport.is_closing)
+                and callable(cycle.transport.abort)
+                and callable(cycle.flow.resume_writing)
+                and callable(cycle.message_event.set)
+            )
+        except AttributeError:
+            return None
+        return cls(cycle, module == UVICORN_H11_CYCLE) if usable else None
+
+    def gone(self) -> bool:
+        """True once the connection is closed; tells the request, as uvicorn would.
+
+        uvicorn tells only the newest request of a closed connection; a stream
+        with a request pipelined behind it would wait in `receive()` for ever.
+        """
+        cycle = self._cycle
+        if cycle.disconnected or cycle.response_complete:
+            return True
+        if self._transport.is_closing():
+            self._disconnect()
+            return True
+        return False
+
+    def hang_up(self, final: bytes) -> None:
+        """Send `final` as the response's last chunk and close the connection now.
+
+        The request's `receive()` returns at once. Bytes the client has not read
+        get `HANGUP_LINGER` seconds to leave, then the connection is reset.
+        """
+        cycle = self._cycle
+        transport = self._transport
+        if not (cycle.disconnected or cycle.response_complete or transport.is_closing()):
+            ending = self._ending(final)
+            if ending:
+                transport.write(ending)
+        self._disconnect()  # uvicorn's send writes nothing more once this is set
+        if not transport.is_closing():
+            transport.close()
+        if transport.get_write_buffer_size():
+            asyncio.get_running_loop().call_later(HANGUP_LINGER, transport.abort)
+
+    def _ending(self, final: bytes) -> bytes:
+        cycle = self._cycle
+        try:
+            if self._h11:
+                import h11
+
+                conn = cycle.conn
+                return conn.send(h11.Data(data=final)) + conn.send(h11.EndOfMessage())
+            if cycle.chunked_encoding:
+                return chunk(final) + b"0\r\n\r\n"
+        except Exception:  # whatever the framing state, closing is what matters
+            return b""
+        return b""
+
+    def _disconnect(self) -> None:
+        """What uvicorn does when the connection is lost: the request's waits end."""
+        cycle = self._cycle
+        cycle.disconnected = True
+        cycle.message_event.set()
+        cycle.flow.resume_writing()

@@ -42,6 +42,8 @@ class Settings:
     heartbeat: float = 10.0
     # Frames a stream may have waiting before it is cut off as too slow.
     max_pending: int = 10_000
+    # Seconds a stream's socket may stay full before the stream is cut off.
+    send_deadline: float = 30.0
     event_log_bytes: int = 16 * 1024 * 1024
     # Cluster mode (SPEC §11): on when `nats_urls` is not empty.
     nats_urls: tuple[str, ...] = ()

@@ -16,8 +16,11 @@ control). Then a drain task takes over: the subscriber is marked blocked
 task writes what piled up before handing the stream back to the tick.
 
 Ending: the client disconnects (`receive()` says so), or the server closes the
-subscriber (shutdown, too slow): the final empty chunk completes the response,
-which also wakes the pending `receive()`.
+subscriber at shutdown: the final empty chunk completes the response, which
+also wakes the pending `receive()`. A stream cut off as too slow (over the
+bus's frame bound, or its socket full for longer than `send_deadline`) does
+not wait for its socket: it hangs up at once (final comment, connection
+closed; `UvicornCycle.hang_up`), so the client's reconnect starts now.
 """
 
 from __future__ import annotations
@@ -30,9 +33,14 @@ from typing import Any
 from starlette.types import Message, Receive, Scope, Send
 
 from .bus import PING_FRAME, Batch, EventBus, StoredEvent, Subscriber
-from .direct_write import DirectChunkWriter, chunk
+from .direct_write import DirectChunkWriter, UvicornCycle, chunk
 
 RETRY_MS = 3000
+# Seconds a write may wait for a full socket before the stream is cut off.
+SEND_DEADLINE = 30.0
+# Scope key under which the app passes the server's own `send` (before any
+# middleware wrapped it), so a stream can still reach its connection.
+RAW_SEND = "loki.raw_send"
 TOO_SLOW = b": too slow, closing; reconnect with Last-Event-ID\n\n"
 # Sent to wait for a full socket to drain (uvicorn's send waits; an empty chunk writes nothing).
 EMPTY_BODY: Message = {"type": "http.response.body", "body": b"", "more_body": True}
@@ -70,32 +78,49 @@ class EventStream:
         *,
         announce_replay: bool,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
+        gap: bytes | None = None,
+        send_deadline: float = SEND_DEADLINE,
     ) -> None:
         self.bus = bus
         self.subscriber = subscriber
         self.replay = replay
         self.announce_replay = announce_replay
         self.headers = SSE_HEADERS + (extra_headers or [])
+        self.gap = gap
+        self.send_deadline = send_deadline
         self._send: Send | None = None
         self._direct: DirectChunkWriter | None = None
+        self._cycle: UvicornCycle | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._finished = False
+        subscriber.hangup = self._hang_up
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         subscriber = self.subscriber
         self._send = send
+        self._cycle = UvicornCycle.of(scope.get(RAW_SEND, send))
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
             opening = [b": connected to loki-api\nretry: %d\n\n" % RETRY_MS]
+            if self.gap is not None:
+                opening.append(self.gap)
             opening.extend(stored.frame for stored in self.replay)
             if self.announce_replay:
                 opening.append(b": replayed %d historical events\n\n" % len(self.replay))
             self.bus.delivered += len(self.replay)
             self.replay = []
-            await send({"type": "http.response.body", "body": b"".join(opening), "more_body": True})
-            self._direct = DirectChunkWriter.of(send)
-            # Live frames published meanwhile wait in `pending`; from now on the tick writes.
-            await self._drain()
+            try:
+                async with asyncio.timeout(self.send_deadline):
+                    await send(
+                        {"type": "http.response.start", "status": 200, "headers": self.headers}
+                    )
+                    body = b"".join(opening)
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            except TimeoutError:
+                self.bus.cut_off(subscriber)
+            if not self._finished:
+                self._direct = DirectChunkWriter.of(send)
+                # Live frames published meanwhile wait in `pending`; from now on the tick writes.
+                await self._drain()
             while not self._finished:
                 message = await receive()
                 if message["type"] == "http.disconnect":
@@ -105,9 +130,26 @@ class EventStream:
             self.bus.unsubscribe(subscriber)
             subscriber.closed = True
             subscriber.writer = None
-            task = self._drain_task
-            if task is not None and not task.done():
-                task.cancel()
+            subscriber.hangup = None
+            self._stop_draining()
+
+    def _stop_draining(self) -> None:
+        task = self._drain_task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+
+    def _hang_up(self) -> None:
+        """Cut off (the bus has closed the subscriber): end the response and the connection now.
+
+        Without uvicorn's cycle (another server) the final comment goes out
+        through `send` once the socket drains, as at shutdown.
+        """
+        cycle = self._cycle
+        if cycle is None or self._finished:
+            return
+        self._finished = True
+        self._stop_draining()
+        cycle.hang_up(TOO_SLOW)
 
     def _take_message(self) -> Message | None:
         """Everything pending as one body message, or None when there is nothing to say."""
@@ -157,6 +199,9 @@ class EventStream:
     def _send_now(self, message: Message) -> bool:
         """Send without a task switch; if the socket is full, finish in a drain task."""
         assert self._send is not None
+        cycle = self._cycle
+        if cycle is not None and cycle.gone():
+            return True  # nobody to write to; receive() now ends the stream
         coro = self._send(message)
         try:
             blocked_on = coro.send(None)
@@ -170,16 +215,25 @@ class EventStream:
         self._drain_task = asyncio.ensure_future(self._drain(unfinished))
 
     async def _drain(self, unfinished: Any = None) -> None:
-        """Write until nothing is pending, then hand the stream (back) to the tick."""
+        """Write until nothing is pending, then hand the stream (back) to the tick.
+
+        A socket that stays full for `send_deadline` cuts the stream off.
+        """
         assert self._send is not None
         subscriber = self.subscriber
-        if unfinished is not None:
-            await unfinished
-        while not self._finished:
-            message = self._take_message()
-            if message is None:
-                break
-            await self._send(message)
+        try:
+            if unfinished is not None:
+                async with asyncio.timeout(self.send_deadline):
+                    await unfinished
+            while not self._finished:
+                message = self._take_message()
+                if message is None:
+                    break
+                async with asyncio.timeout(self.send_deadline):
+                    await self._send(message)
+        except TimeoutError:
+            self.bus.cut_off(subscriber)
+            return
         subscriber.writer = self
         if not self._finished:
             self.bus.ready(subscriber)

@@ -16,6 +16,7 @@ from ._client import LokiClient
 from ._exceptions import (
     BadRequest,
     Conflict,
+    EventsMissed,
     Forbidden,
     LokiApiError,
     LokiConnectionError,
@@ -56,6 +57,7 @@ from .models import (
     SessionList,
     SessionTaskList,
     Status,
+    StreamGap,
     Task,
     TaskCounts,
     TaskEventData,
@@ -73,6 +75,7 @@ __all__ = [
     "LokiError",
     "LokiConnectionError",
     "LokiDecodeError",
+    "EventsMissed",
     "LokiApiError",
     "BadRequest",
     "Unauthorized",
@@ -108,6 +111,7 @@ __all__ = [
     "EventStats",
     # events
     "Event",
+    "StreamGap",
     "SessionEventData",
     "PhaseEventData",
     "TaskEventData",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from .models import (
     SessionList,
     SessionTaskList,
     Status,
+    StreamGap,
     Task,
     TaskList,
     TaskQueue,
@@ -208,6 +209,7 @@ class AsyncLokiClient:
         *,
         reconnect_delay: float | None = None,
         max_retries: int | None = None,
+        on_gap: Callable[[StreamGap], object] | None = None,
     ) -> AsyncEventStream:
         """Live events as typed `Event`s, reconnecting by itself with `Last-Event-ID`.
 
@@ -215,6 +217,10 @@ class AsyncLokiClient:
         twice and none the server still holds is skipped across reconnections.
         `reconnect_delay` overrides the server's `retry:` hint; `max_retries`
         bounds consecutive failed reconnection attempts (default: no bound).
+        Events the server no longer holds when the stream resumes (a long
+        disconnect, a server whose state was wiped) are a gap: `on_gap` is
+        called with the server's `StreamGap` and the stream goes on; without
+        it the iterator raises `EventsMissed`.
         Nothing is sent until iteration starts. Use as `async with
         client.events() as stream: async for event in stream:` so the connection
         closes as soon as you stop (`async for event in client.events():` works too,
@@ -228,4 +234,5 @@ class AsyncLokiClient:
             history,
             reconnect_delay,
             max_retries,
+            on_gap,
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from .models import (
     SessionList,
     SessionTaskList,
     Status,
+    StreamGap,
     Task,
     TaskList,
     TaskQueue,
@@ -204,6 +205,7 @@ class LokiClient:
         *,
         reconnect_delay: float | None = None,
         max_retries: int | None = None,
+        on_gap: Callable[[StreamGap], object] | None = None,
     ) -> EventStream:
         """Live events as typed `Event`s, reconnecting by itself with `Last-Event-ID`.
 
@@ -211,6 +213,10 @@ class LokiClient:
         twice and none the server still holds is skipped across reconnections.
         `reconnect_delay` overrides the server's `retry:` hint; `max_retries`
         bounds consecutive failed reconnection attempts (default: no bound).
+        Events the server no longer holds when the stream resumes (a long
+        disconnect, a server whose state was wiped) are a gap: `on_gap` is
+        called with the server's `StreamGap` and the stream goes on; without
+        it the iterator raises `EventsMissed`.
         Nothing is sent until iteration starts. Use as `for event in
         client.events():` or `with client.events() as stream:`.
         """
@@ -222,4 +228,5 @@ class LokiClient:
             history,
             reconnect_delay,
             max_retries,
+            on_gap,
         )

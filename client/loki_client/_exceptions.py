@@ -3,6 +3,7 @@
     LokiError
      ├── LokiConnectionError            the server could not be reached or the connection broke
      ├── LokiDecodeError                an answer that is not what the API documents
+     ├── EventsMissed(gap)              a resumed event stream lost events (no `on_gap` given)
      └── LokiApiError(message, code, status, details)   the server answered with an error
           ├── BadRequest                400 BAD_REQUEST
           ├── Unauthorized              401 UNAUTHORIZED
@@ -25,12 +26,16 @@ httpx's exceptions never escape: the clients translate them here, once, with
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loki_api.models import StreamGap
 
 __all__ = [
     "LokiError",
     "LokiConnectionError",
     "LokiDecodeError",
+    "EventsMissed",
     "LokiApiError",
     "BadRequest",
     "Unauthorized",
@@ -60,6 +65,24 @@ class LokiConnectionError(LokiError):
 
 class LokiDecodeError(LokiError):
     """The server's answer could not be decoded into the documented type."""
+
+
+class EventsMissed(LokiError):
+    """An event stream resumed after events the server no longer holds.
+
+    The server said so with a `gap` message: `gap.last_event_id` is where the
+    stream asked to resume, `gap.resumed_from` the oldest event it still held,
+    `gap.missed` how many events fell out (None when the id was not the
+    server's own, e.g. after its state was wiped). Raised by the iterator
+    unless `events(on_gap=...)` handles gaps; the stream ends with it.
+    """
+
+    def __init__(self, gap: StreamGap) -> None:
+        missed = "an unknown number of" if gap.missed is None else str(gap.missed)
+        super().__init__(
+            f"{missed} events missed between {gap.last_event_id} and {gap.resumed_from}"
+        )
+        self.gap = gap
 
 
 class LokiApiError(LokiError):

@@ -18,6 +18,11 @@ A stream is one logical subscription that may span many HTTP connections:
   given), doubling it after each consecutive failed attempt up to
   `MAX_BACKOFF`. A stream that ends cleanly (server shutdown, or the server
   closing a too-slow reader) is reconnected the same way.
+- A `gap` message (the server no longer holds events after the id asked
+  for) goes to the `on_gap` callback, or raises `EventsMissed` when there is
+  none: events are never lost silently. A gap for an id that is not the
+  server's (its state was wiped) also restarts deduplication, since the
+  server's sequence numbers started again.
 - Failures before the first connection was established, and 4xx answers, are
   raised (there is nothing to resume); `max_retries` bounds the consecutive
   failed reconnection attempts (None: retry forever).
@@ -39,6 +44,7 @@ from typing import Any
 
 import anyio
 import httpx
+import msgspec
 
 from ._base import (
     Call,
@@ -49,9 +55,9 @@ from ._base import (
     stream_anchor,
     translate_http_error,
 )
-from ._exceptions import LokiApiError, LokiError, RateLimited
+from ._exceptions import EventsMissed, LokiApiError, LokiDecodeError, LokiError, RateLimited
 from ._sse import ServerSentEvent, SSEDecoder
-from .models import Event
+from .models import Event, StreamGap
 
 __all__ = ["EventStream", "AsyncEventStream"]
 
@@ -61,6 +67,10 @@ MAX_BACKOFF = 30.0
 # The server sends a keep-alive comment every 15 s: a silent minute means a dead link.
 STREAM_TIMEOUT = httpx.Timeout(10.0, read=60.0)
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+GAP_EVENT = "gap"
+
+OnGap = Callable[[StreamGap], object]
+_gap_decoder = msgspec.json.Decoder(StreamGap)
 
 
 class _Resume:
@@ -72,8 +82,10 @@ class _Resume:
         history: int,
         reconnect_delay: float | None,
         max_retries: int | None,
+        on_gap: OnGap | None = None,
     ) -> None:
         self.filter_params = filter_params
+        self.on_gap = on_gap
         self.history = history
         self.reconnect_delay = reconnect_delay
         self.max_retries = max_retries
@@ -103,7 +115,10 @@ class _Resume:
         self.failures = 0
 
     def accept(self, sse: ServerSentEvent) -> Event | None:
-        """The event to yield for `sse`, or None for a duplicate."""
+        """The event to yield for `sse`, or None for a duplicate (or a handled gap)."""
+        if sse.event == GAP_EVENT:
+            self.gap(sse)
+            return None
         event = decode_event_json(sse.data)
         seq = seq_of(event.id)
         if seq is not None:
@@ -112,6 +127,17 @@ class _Resume:
             self.last_seq = seq
         self.last_id = event.id
         return event
+
+    def gap(self, sse: ServerSentEvent) -> None:
+        try:
+            gap = _gap_decoder.decode(sse.data)
+        except msgspec.DecodeError as exc:
+            raise LokiDecodeError(f"undecodable gap message: {exc}") from exc
+        if gap.missed is None:
+            self.last_seq = None  # not the server's id: its sequence is not ours to compare
+        if self.on_gap is None:
+            raise EventsMissed(gap)
+        self.on_gap(gap)
 
     def may_retry(self, error: LokiError) -> bool:
         """Count a failed attempt; False when `error` should be raised instead."""
@@ -148,9 +174,10 @@ class _StreamBase:
         history: int,
         reconnect_delay: float | None,
         max_retries: int | None,
+        on_gap: OnGap | None = None,
     ) -> None:
         self._url = base_url
-        self._resume = _Resume(filter_params, history, reconnect_delay, max_retries)
+        self._resume = _Resume(filter_params, history, reconnect_delay, max_retries, on_gap)
 
     @property
     def last_event_id(self) -> str | None:
@@ -175,8 +202,9 @@ class EventStream(_StreamBase):
         history: int,
         reconnect_delay: float | None,
         max_retries: int | None,
+        on_gap: OnGap | None = None,
     ) -> None:
-        super().__init__(base_url, filter_params, history, reconnect_delay, max_retries)
+        super().__init__(base_url, filter_params, history, reconnect_delay, max_retries, on_gap)
         self._send = send
         self._events = _run(http, send, base_url, self._resume)
 
@@ -219,8 +247,9 @@ class AsyncEventStream(_StreamBase):
         history: int,
         reconnect_delay: float | None,
         max_retries: int | None,
+        on_gap: OnGap | None = None,
     ) -> None:
-        super().__init__(base_url, filter_params, history, reconnect_delay, max_retries)
+        super().__init__(base_url, filter_params, history, reconnect_delay, max_retries, on_gap)
         self._send = send
         self._events = _arun(http, send, base_url, self._resume)
 

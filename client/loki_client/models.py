@@ -68,6 +68,7 @@ __all__ = [
     "Status",
     "EventHistory",
     "EventStats",
+    "StreamGap",
     "ApiError",
 ]
 
@@ -470,6 +471,19 @@ class Status(Record, kw_only=True):
 class EventHistory(Record, kw_only=True):
     events: list[Event]
     count: int
+
+
+class StreamGap(Record, kw_only=True):
+    """Data of the stream's `gap` message: events a resuming client can no longer get.
+
+    Sent before the replay when `Last-Event-ID` is older than the oldest event the
+    server holds (`missed`: how many events, of any type, fell out of history) or
+    is not one of this server's ids (`missed`: null; the replay is all it holds).
+    """
+
+    last_event_id: str
+    resumed_from: str | None
+    missed: int | None
 
 
 class EventStats(Record, kw_only=True):

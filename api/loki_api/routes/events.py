@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -11,14 +9,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ..bus import EventBus
+from ..bus import EVENT_ID, EventBus, gap_frame
 from ..errors import BadRequest, HttpError, error_response
 from ..eventlog import seq_of
 from ..filters import EventFilter, FilterError
+from ..models import StreamGap
 from ..params import MAX_LIMIT, json_response, query_int
 from ..responses import JSON_MEDIA_TYPE
 from ..runtime import Runtime
 from ..sse import SSE_HEADERS, EventStream
+
+# How much of an unusable Last-Event-ID header the `gap` message echoes.
+MAX_ECHOED_ID = 200
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -36,10 +38,6 @@ def parse_filter(request: Request) -> EventFilter:
         raise BadRequest(str(exc)) from None
 
 
-# ASCII digits of a sane length, so `seq_of` never meets "²" or a 5000-digit number.
-EVENT_ID = re.compile(r"evt_[0-9]{1,19}_[0-9]{1,19}")
-
-
 def parse_event_id(raw: str | None, name: str) -> str | None:
     if raw is None or raw.strip() == "":
         return None
@@ -50,23 +48,45 @@ def parse_event_id(raw: str | None, name: str) -> str | None:
 
 
 def parse_stream_request(request: Request) -> tuple[EventFilter, int, str | None]:
-    """(filter, history, Last-Event-ID) of a stream request; BadRequest when invalid."""
+    """(filter, history, Last-Event-ID) of a stream request; BadRequest when invalid.
+
+    A `Last-Event-ID` header is taken as it is, whatever it holds: a browser
+    resends what it last saw (perhaps another server's id) and a 400 would end
+    its reconnect loop for good, so an id that is not ours becomes a gap (see
+    `EventBus.resume_gap`). The `lastEventId` query parameter, typed by a
+    person, must be a well-formed id.
+    """
     bus: EventBus = runtime_of(request).bus
     event_filter = parse_filter(request)
     history = query_int(request, "history", default=0, maximum=bus.history_size) or 0
-    last_id = parse_event_id(
-        request.headers.get("last-event-id") or request.query_params.get("lastEventId"),
-        "Last-Event-ID",
-    )
+    header = (request.headers.get("last-event-id") or "").strip()
+    if header:
+        return event_filter, history, header[:MAX_ECHOED_ID]
+    last_id = parse_event_id(request.query_params.get("lastEventId"), "lastEventId")
     return event_filter, history, last_id
 
 
 async def stream_events(request: Request) -> EventStream:
     """The stream for this request (also served, middleware-free, by `EventStreamApp`)."""
-    bus: EventBus = runtime_of(request).bus
+    runtime = runtime_of(request)
+    bus: EventBus = runtime.bus
     event_filter, history, last_id = parse_stream_request(request)
+    gap: StreamGap | None = None
+    if last_id is not None:
+        gap = bus.resume_gap(last_id)
+        if gap is not None and gap.missed is None:
+            last_id = None  # not our id: replay everything held instead
+            history = bus.history_size
+    # No await between the gap and the subscription: nothing is published in between.
     subscriber, replay = bus.subscribe(event_filter, after_id=last_id, last=history)
-    return EventStream(bus, subscriber, replay, announce_replay=last_id is None and history > 0)
+    return EventStream(
+        bus,
+        subscriber,
+        replay,
+        announce_replay=gap is None and last_id is None and history > 0,
+        gap=gap_frame(gap) if gap is not None else None,
+        send_deadline=runtime.settings.send_deadline,
+    )
 
 
 class EventStreamApp:
