@@ -40,6 +40,7 @@ from loki_client import (
     LokiDecodeError,
     NotFound,
     SessionNotFound,
+    StreamGap,
     ValidationError,
 )
 
@@ -55,8 +56,8 @@ def log(message: str, level: str = "info") -> LogEventData:
     return LogEventData(level=level, message=message)
 
 
-def settings_for(loki_dir: Path, port: int = 0) -> Settings:
-    return Settings(loki_dir=loki_dir, port=port)  # type: ignore[arg-type]
+def settings_for(loki_dir: Path, port: int = 0, **overrides: Any) -> Settings:
+    return Settings(loki_dir=loki_dir, port=port, **overrides)
 
 
 @pytest.fixture
@@ -831,3 +832,40 @@ class ThreadedServer:
 def live_thread(loki_dir: Path) -> Iterator[ThreadedServer]:
     with ThreadedServer(loki_dir) as srv:
         yield srv
+
+
+@pytest.mark.parametrize("history", [0, 3])
+@pytest.mark.anyio
+async def test_a_filtered_stream_with_nothing_matching_yet_sees_no_false_gap(
+    loki_dir: Path, history: int
+) -> None:
+    # The history no longer reaches seq 1: resuming from "before everything" would be a gap.
+    async with serve_in_process(settings_for(loki_dir, history=5)) as srv:
+        for n in range(20):
+            srv.runtime.bus.publish("log:info", log(str(n)))
+        with anyio.fail_after(10):
+            async with AsyncLokiClient(srv.url) as client:
+                async with client.events(types=["task:created"], history=history) as stream:
+                    srv.runtime.bus.publish(
+                        "task:created", TaskEventData(task_id="t", title="t", status="pending")
+                    )
+                    event = await anext(stream)
+    assert event.type == "task:created"
+
+
+@pytest.mark.anyio
+async def test_a_stream_resuming_past_the_history_reports_the_gap(loki_dir: Path) -> None:
+    async with serve_in_process(settings_for(loki_dir, history=5)) as srv:
+        bus = srv.runtime.bus
+        gaps: list[StreamGap] = []
+        first = bus.publish("log:info", log("first"))
+        with anyio.fail_after(10):
+            async with AsyncLokiClient(srv.url) as client:
+                stream = client.events(on_gap=gaps.append, reconnect_delay=0.01)
+                stream._resume.anchor = first.id  # as if it had seen `first` and then dropped
+                for n in range(10):
+                    bus.publish("log:info", log(str(n)))
+                async with stream:
+                    got = [await anext(stream) for _ in range(5)]
+    assert [e.data.message for e in got] == ["5", "6", "7", "8", "9"]
+    assert gaps == [StreamGap(last_event_id=first.id, resumed_from=got[0].id, missed=5)]

@@ -530,7 +530,7 @@ class EventBus:
             return StreamGap(
                 last_event_id=after_id, resumed_from=resumed_from, missed=first_held - 1 - seq
             )
-        if seq >= first_held and self._held_id(seq) != after_id:
+        if seq >= first_held and not after_id.endswith("_0") and self._held_id(seq) != after_id:
             return StreamGap(last_event_id=after_id, resumed_from=resumed_from, missed=None)
         return None
 

@@ -313,27 +313,40 @@ class _EventIds(msgspec.Struct):
     events: list[_EventId]
 
 
-def stream_anchor(filter_params: Params, history: int) -> Call[str]:
+def stream_anchor(filter_params: Params, history: int) -> Call[str | None]:
     """Where a stream resumes if its first connection drops before any event arrived.
 
-    With `history=0` it is the newest matching event the server holds; with
-    `history=N`, the id just before the oldest of the last N matching events, so a
-    resumed first connection still replays them. `evt_0_0` (before everything)
-    when nothing matches yet. Only the seq of an id matters to the server.
+    With `history=0` it is the newest event the server holds, of any type (the
+    stream wants what comes after it); with `history=N`, the id just before the
+    oldest of the last N matching events, so a resumed first connection still
+    replays them (`evt_<seq>_0`: a position, not an event). None when nothing
+    matches: then `newest_event_anchor` says where "now" is. Asking for
+    `evt_0_0` instead would tell the server it missed everything its history
+    no longer holds (a `gap`).
     """
+    if history == 0:
+        return newest_event_anchor()
 
-    def decode(content: bytes) -> str:
+    def decode(content: bytes) -> str | None:
         events = decode_json(content, _EventIds).events
         if not events:
-            return "evt_0_0"
+            return None
         oldest = seq_of(events[0].id)
-        if history == 0 or oldest is None:
+        if oldest is None:
             return events[-1].id
         return f"evt_{oldest - 1}_0"
 
-    return Call(
-        "GET", "/api/events/history", decode, params={**filter_params, "limit": max(history, 1)}
-    )
+    return Call("GET", "/api/events/history", decode, params={**filter_params, "limit": history})
+
+
+def newest_event_anchor() -> Call[str | None]:
+    """The newest event the server holds, of any type (`evt_0_0` when it holds none)."""
+
+    def decode(content: bytes) -> str | None:
+        events = decode_json(content, _EventIds).events
+        return events[-1].id if events else "evt_0_0"
+
+    return Call("GET", "/api/events/history", decode, params={"limit": 1})
 
 
 def event_stats() -> Call[EventStats]:

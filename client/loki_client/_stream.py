@@ -4,8 +4,8 @@ A stream is one logical subscription that may span many HTTP connections:
 
 - The stream starts when it is entered (`with` / `async with`) or first
   iterated: it asks the server's history for an *anchor* id (see
-  `_base.stream_anchor`): the newest matching event, or with `history=N` the
-  one just before the last N matching events.
+  `_base.stream_anchor`): the newest event, or with `history=N` the one just
+  before the last N matching events.
 - Every connection sends `Last-Event-ID`: the last event yielded, else the
   anchor. The server replays every matching event after it that it still
   holds, so the first connection delivers the N historical events plus
@@ -51,6 +51,7 @@ from ._base import (
     Params,
     decode_event_json,
     error_from_response,
+    newest_event_anchor,
     seq_of,
     stream_anchor,
     translate_http_error,
@@ -90,6 +91,7 @@ class _Resume:
         self.reconnect_delay = reconnect_delay
         self.max_retries = max_retries
         self.anchor: str | None = None
+        self._anchor_asked = False  # the history query was made (it found nothing to replay)
         self.last_id: str | None = None
         self.last_seq: int | None = None
         self.retry_ms: int | None = None
@@ -97,11 +99,17 @@ class _Resume:
         self.failures = 0  # consecutive attempts that did not connect
         self.retry_after: float | None = None  # a 429's Retry-After, used once
 
-    def anchor_call(self) -> Call[str] | None:
-        """The request that fetches the anchor, or None once it is known."""
+    def anchor_call(self) -> Call[str | None] | None:
+        """The next request that fetches the anchor, or None once it is known."""
         if self.anchor is not None:
             return None
+        if self._anchor_asked:
+            return newest_event_anchor()
         return stream_anchor(self.filter_params, self.history)
+
+    def found_anchor(self, anchor: str | None) -> None:
+        self._anchor_asked = True
+        self.anchor = anchor
 
     def request(self) -> tuple[Params, dict[str, str]]:
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
@@ -220,9 +228,8 @@ class EventStream(_StreamBase):
 
     def __enter__(self) -> EventStream:
         """Start the stream now: events published from here on will be yielded."""
-        call = self._resume.anchor_call()
-        if call is not None:
-            self._resume.anchor = self._send(call)
+        while (call := self._resume.anchor_call()) is not None:
+            self._resume.found_anchor(self._send(call))
         return self
 
     def __exit__(
@@ -265,9 +272,8 @@ class AsyncEventStream(_StreamBase):
 
     async def __aenter__(self) -> AsyncEventStream:
         """Start the stream now: events published from here on will be yielded."""
-        call = self._resume.anchor_call()
-        if call is not None:
-            self._resume.anchor = await self._send(call)
+        while (call := self._resume.anchor_call()) is not None:
+            self._resume.found_anchor(await self._send(call))
         return self
 
     async def __aexit__(
@@ -284,9 +290,8 @@ def _run(
 ) -> Generator[Event, None, None]:
     # A plain function, not a method: a generator holding its stream would keep
     # the pair alive in a cycle, and `break` out of a plain `for` would not close it.
-    call = resume.anchor_call()
-    if call is not None:
-        resume.anchor = send(call)
+    while (call := resume.anchor_call()) is not None:
+        resume.found_anchor(send(call))
     while True:
         params, headers = resume.request()
         try:
@@ -322,9 +327,8 @@ async def _arun(
     url: str,
     resume: _Resume,
 ) -> AsyncGenerator[Event, None]:
-    call = resume.anchor_call()
-    if call is not None:
-        resume.anchor = await send(call)
+    while (call := resume.anchor_call()) is not None:
+        resume.found_anchor(await send(call))
     while True:
         params, headers = resume.request()
         try:
