@@ -269,18 +269,28 @@ class Target:
 
 
 def run_once(
-    target: Target, subs: int, lines: int, rate: float, processes: int, profile: Path | None = None
+    target: Target,
+    subs: int,
+    lines: int,
+    rate: float,
+    processes: int,
+    profile: Path | None = None,
+    stream_urls: list[str] | None = None,
 ) -> dict[str, Any]:
+    """One measurement. `stream_urls`: where the clients subscribe (round robin over the
+    client processes) when that is not the server running the session (cluster nodes)."""
+    stream_urls = stream_urls or [target.server.url]
     ctx = multiprocessing.get_context("fork")
     processes = max(1, min(processes, subs))
     shares = [subs // processes + (i < subs % processes) for i in range(processes)]
     deadline = 60 + (lines / rate if rate else lines * subs / 20_000)
     pipes, children = [], []
-    for share in shares:
+    for index, share in enumerate(shares):
         parent_end, child_end = ctx.Pipe()
+        url = stream_urls[index % len(stream_urls)]
         child = ctx.Process(
             target=client_main,
-            args=(child_end, target.server.url, target.path, share, lines, rate > 0, deadline),
+            args=(child_end, url, target.path, share, lines, rate > 0, deadline),
         )
         child.start()
         pipes.append(parent_end)

@@ -37,6 +37,23 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], int]] = {
     "rest": ([], ["--duration", "2", "--runs", "1"], 400),
     "stop_latency": ([], ["--runs", "5"], 300),
     "send_floor": ([], ["--subscribers", "200", "--rounds", "50"], 120),
+    "cluster_publish": ([], ["--events", "20000", "--runs", "1"], 600),
+    "cluster_fanout": (
+        [],
+        [
+            "--subscribers",
+            "10",
+            "--paced-lines",
+            "50",
+            "--fanout-subscribers",
+            "100",
+            "--lines",
+            "500",
+            "--runs",
+            "1",
+        ],
+        1500,
+    ),
 }
 
 
@@ -166,6 +183,46 @@ CHECKS: dict[str, list[Check]] = {
             "≤ 50",
             lambda r: r["summary"]["answer_p99_ms"],
             lambda v: v <= 50,
+        ),
+    ],
+    "cluster_publish": [
+        (
+            "events/s one node publishes through JetStream (R1, loopback)",
+            "≥ 100,000",
+            lambda r: r["summary"]["publish_per_s"],
+            lambda v: v >= 100_000,
+        ),
+    ],
+    "cluster_fanout": [
+        (
+            "cross-node extra latency p50 ms (50 lines/s x 100 subscribers)",
+            "≤ 2",
+            lambda r: (
+                r["summary"]["latency cross-node"]["p50_ms"]
+                - r["summary"]["latency single"]["p50_ms"]
+            ),
+            lambda v: v <= 2,
+        ),
+        (
+            "cross-node extra latency p99 ms",
+            "≤ 20",
+            lambda r: (
+                r["summary"]["latency cross-node"]["p99_ms"]
+                - r["summary"]["latency single"]["p99_ms"]
+            ),
+            lambda v: v <= 20,
+        ),
+        (
+            "burst events/s, 1,000 subscribers split over 2 nodes",
+            "(info)",
+            lambda r: r["summary"]["fanout split A+B"]["events_per_s"],
+            lambda v: True,
+        ),
+        (
+            "burst events/s, 1,000 subscribers on 1 node (same run)",
+            "(info)",
+            lambda r: r["summary"]["fanout single"]["events_per_s"],
+            lambda v: True,
         ),
     ],
     "send_floor": [

