@@ -126,6 +126,7 @@ class ClusterBus(EventBus):
         self.last_error: str | None = None
         self.disconnected_at: float | None = None
         self._refused_at: float | None = None
+        self._resubscribe = False
         self._delivered_at = time.monotonic()
         self.stream_last_seq = 0
 
@@ -341,6 +342,16 @@ class ClusterBus(EventBus):
                 self._refused_at = None
                 outbox.rewind()
                 self._wake.set()
+            if self._resubscribe:
+                # Reconnected: a consumer the server lost (restart, failover) is not
+                # waited out by heartbeats; resume right after the last delivered sequence.
+                self._resubscribe = False
+                try:
+                    await self._subscribe(self._seq + 1)
+                except Exception as exc:
+                    self._resubscribe = True
+                    self.last_error = f"cannot resume the event consumer: {describe(exc)}"
+                continue
             if now < next_info:
                 continue
             next_info = now + 1.0
@@ -387,6 +398,7 @@ class ClusterBus(EventBus):
         log.info("cluster: reconnected to NATS at %s", nc.connected_url.netloc if nc else "?")
         self.outbox.rewind()  # in order; copies JetStream already has are dropped by msg id
         self._wake.set()
+        self._resubscribe = self._sub is not None
 
     async def _on_error(self, exc: Exception) -> None:
         self.last_error = describe(exc)
