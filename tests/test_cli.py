@@ -70,6 +70,13 @@ def test_environment_is_read_and_flags_win() -> None:
     assert (s.port, s.max_sessions, s.log_level) == (9002, 2, "warning")
 
 
+def test_allowed_hosts_setting() -> None:
+    assert settings([], {}).allowed_hosts == ()
+    env = {"LOKI_ALLOWED_HOSTS": "a.example, b.example:8420"}
+    assert settings([], env).allowed_hosts == ("a.example", "b.example:8420")
+    assert settings(["--allowed-hosts", "c.example"], env).allowed_hosts == ("c.example",)
+
+
 def test_send_deadline_setting() -> None:
     assert settings([], {}).send_deadline == 30.0
     assert settings([], {"LOKI_SEND_DEADLINE": "5"}).send_deadline == 5.0

@@ -113,15 +113,48 @@ async def test_loopback_is_trusted_whatever_the_host_header_claims(tmp_path: Pat
         assert (await c.get("/api/status")).status_code == 200
 
 
+@pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0", "::"])
 @pytest.mark.anyio
-async def test_dns_rebinding_guard(tmp_path: Path) -> None:
-    async with make_client(tmp_path, "127.0.0.1") as c:
+async def test_dns_rebinding_guard_whatever_the_bind_address(tmp_path: Path, bind: str) -> None:
+    async with make_client(tmp_path, "127.0.0.1", host=bind) as c:
         evil = await c.get("/api/status", headers={"Host": "evil.example:8420"})
         assert evil.status_code == 403 and evil.json()["code"] == "FORBIDDEN"
-        for host in ("localhost:8420", "127.0.0.1:8420", "[::1]:8420", "localhost"):
+        # The way in the attack needs: start a session with no token.
+        started = await c.post("/api/sessions", json={}, headers={"Host": "evil.example"})
+        assert started.status_code == 403
+        stream = await c.get("/api/events?types=bogus", headers={"Host": "evil.example"})
+        assert stream.status_code == 403
+        for host in ("localhost:8420", "127.0.0.1:8420", "127.9.9.9", "[::1]:8420", "localhost"):
             assert (await c.get("/api/status", headers={"Host": host})).status_code == 200
-    async with make_client(tmp_path, "127.0.0.1", host="0.0.0.0") as c:
-        # Bound to all interfaces, any Host is fine (auth still applies to remote peers).
+
+
+@pytest.mark.anyio
+async def test_a_valid_token_is_judged_by_the_token_alone(tmp_path: Path) -> None:
+    bearer = {"Authorization": f"Bearer {TOKEN}", "Host": "box.lan:8420"}
+    async with make_client(tmp_path, "127.0.0.1", host="0.0.0.0", token=TOKEN) as c:
+        assert (await c.get("/api/status", headers=bearer)).status_code == 200
+        wrong = {**bearer, "Authorization": "Bearer " + "x" * 32}
+        assert (await c.get("/api/status", headers=wrong)).status_code == 403
+    async with make_client(tmp_path, "203.0.113.9", host="0.0.0.0", token=TOKEN) as c:
+        # Remote peers need the token anyway; their Host is theirs to name.
+        assert (await c.get("/api/status", headers=bearer)).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_allowed_hosts_extend_the_loopback_names(tmp_path: Path) -> None:
+    allowed = ("dev.box", "proxy.local:8080")
+    async with make_client(tmp_path, "127.0.0.1", host="0.0.0.0", allowed_hosts=allowed) as c:
+        for host in ("dev.box", "DEV.box:8420", "proxy.local:8080"):
+            assert (await c.get("/api/status", headers={"Host": host})).status_code == 200
+        for host in ("proxy.local:9000", "evil.dev.box"):
+            assert (await c.get("/api/status", headers={"Host": host})).status_code == 403
+
+
+@pytest.mark.anyio
+async def test_the_guard_holds_without_auth_too(tmp_path: Path) -> None:
+    async with make_client(tmp_path, "127.0.0.1", host="0.0.0.0", auth=False) as c:
+        assert (await c.get("/api/status", headers={"Host": "evil.example"})).status_code == 403
+    async with make_client(tmp_path, "198.51.100.2", host="0.0.0.0", auth=False) as c:
         assert (await c.get("/api/status", headers={"Host": "box.lan"})).status_code == 200
 
 

@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no-auth", action="store_true", help="disable authentication")
     add("--no-cors", action="store_true", help="disable CORS headers")
     add("--cors-origins", help="comma list of allowed origins (LOKI_API_CORS)")
+    add(
+        "--allowed-hosts",
+        help="comma list of extra Host values trusted for loopback clients, besides "
+        "loopback names (LOKI_ALLOWED_HOSTS)",
+    )
     add("--tls-cert", type=Path, help="TLS certificate file (LOKI_TLS_CERT)")
     add("--tls-key", type=Path, help="TLS private key file (LOKI_TLS_KEY)")
     add("--generate-token", action="store_true", help="print a fresh random token and exit")
@@ -123,6 +128,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     if log_format not in LOG_FORMATS:
         raise SettingsError(f"LOKI_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
     origins_raw = args.cors_origins or env.get("LOKI_API_CORS", "")
+    hosts_raw = args.allowed_hosts or env.get("LOKI_ALLOWED_HOSTS", "")
     tls_cert = args.tls_cert or (Path(env["LOKI_TLS_CERT"]) if env.get("LOKI_TLS_CERT") else None)
     tls_key = args.tls_key or (Path(env["LOKI_TLS_KEY"]) if env.get("LOKI_TLS_KEY") else None)
     loki_dir = args.loki_dir or (Path(env["LOKI_DIR"]) if env.get("LOKI_DIR") else Path.cwd())
@@ -152,6 +158,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         ),
         console=not args.no_console,
         trust_loopback=not args.no_loopback_trust,
+        allowed_hosts=tuple(h.strip() for h in hosts_raw.split(",") if h.strip()),
         **cluster_settings(args, env),
     )
     validate(settings)

@@ -7,8 +7,11 @@ Pure ASGI middleware (no `BaseHTTPMiddleware`), so streams pass through untouche
 - The token is read from `Authorization: Bearer`, `X-API-Key`, or (on
   `/api/events` only, for browsers' `EventSource`) `?token=`; compared in
   constant time.
-- When the server is bound to loopback, a `Host` that is not a loopback name is
-  refused: a page on evil.example that resolves to 127.0.0.1 gets 403.
+- DNS-rebinding guard, whatever the bind address (`0.0.0.0` too): a request
+  that would be trusted because its peer is loopback must name a loopback host
+  (`localhost`, `127.x.x.x`, `[::1]`, any port) or one of `--allowed-hosts` in
+  its `Host`, else 403: a page on evil.example that resolves to 127.0.0.1 is
+  refused. A request carrying the valid token is judged by the token alone.
 - `/health*` needs no token, nor do the console's page and static assets (`/`,
   `/console/...`): they hold no data, and a browser must load them before it
   can ask its user for the token. Neither counts toward the rate limit.
@@ -100,6 +103,7 @@ class SecurityMiddleware:
         self.error_headers = error_headers
         self.settings = settings
         self._token = settings.token.encode() if settings.token else None
+        self._allowed = frozenset(h.lower().rstrip(".") for h in settings.allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,16 +122,22 @@ class SecurityMiddleware:
 
     def check(self, scope: Scope) -> tuple[int, str, str] | None:
         settings = self.settings
-        if settings.is_loopback_bind:
-            host = host_header(scope)
-            if host is not None and not is_loopback_host(host_name(host)):
-                return 403, "FORBIDDEN", f"Host {host!r} is not allowed for a loopback server"
         path: str = scope.get("path", "")
+        # Trusted for being local (or because auth is off): only if the Host says so too.
+        local_trust = is_loopback_peer(scope) and (settings.trust_loopback or not settings.auth)
+        if local_trust and not self.host_allowed(scope) and not self.has_token(scope):
+            host = host_header(scope)
+            return (
+                403,
+                "FORBIDDEN",
+                f"Host {host!r} is not a loopback name or one of --allowed-hosts "
+                "(DNS-rebinding guard); send the API token or use http://localhost",
+            )
         if not settings.auth or is_public(path):
             return None
         if path == METRICS_PATH and settings.metrics_public:
             return None
-        if settings.trust_loopback and is_loopback_peer(scope):
+        if local_trust:
             return None
         if self._token is None:
             return (
@@ -136,10 +146,23 @@ class SecurityMiddleware:
                 "Remote access not configured: start the server with --token "
                 "(or LOKI_API_TOKEN) and send it as 'Authorization: Bearer <token>'",
             )
-        offered = presented_token(scope)
-        if offered is None or not hmac.compare_digest(offered.encode(), self._token):
+        if not self.has_token(scope):
             return 401, "UNAUTHORIZED", "Missing or invalid API token"
         return None
+
+    def host_allowed(self, scope: Scope) -> bool:
+        """True when `Host` is absent, a loopback name or address, or in `--allowed-hosts`."""
+        host = host_header(scope)
+        if host is None:
+            return True
+        name = host_name(host).lower().rstrip(".")
+        return is_loopback_host(name) or name in self._allowed or host.lower() in self._allowed
+
+    def has_token(self, scope: Scope) -> bool:
+        if self._token is None:
+            return False
+        offered = presented_token(scope)
+        return offered is not None and hmac.compare_digest(offered.encode(), self._token)
 
 
 class RateWindows:

@@ -62,6 +62,8 @@ class Settings:
     # Loopback peers need no token. Off (--no-loopback-trust) behind a reverse proxy on
     # the same host, where every client arrives from 127.0.0.1.
     trust_loopback: bool = True
+    # Extra `Host` values (names, or name:port) trusted for loopback peers (DNS-rebinding guard).
+    allowed_hosts: tuple[str, ...] = ()
 
     @property
     def state_dir(self) -> Path:
