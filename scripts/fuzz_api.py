@@ -1,24 +1,30 @@
-"""Fuzz a live server from its own OpenAPI document with schemathesis.
+"""Fuzz a live server from its own OpenAPI document with schemathesis, `--checks all`.
 
     python scripts/fuzz_api.py                    # start a server, fuzz it, stop it
     python scripts/fuzz_api.py --max-examples 50  # more cases per operation
     python scripts/fuzz_api.py --url http://127.0.0.1:8420   # fuzz a running server
+    scripts/fuzz_long                             # the long run (random seed)
 
 Starts `python -m loki_api serve --simulate --port 0` on 127.0.0.1 with a
-throw-away `--loki-dir`, loads `/openapi.json` from it, and runs schemathesis'
-examples, coverage, fuzzing and stateful (following the document's links,
-e.g. start a session, then pause/stop it) phases against every REST operation,
-then a short pass over `/api/events`, each stream read for at most a second.
+throw-away `--loki-dir`, loads `/openapi.json` from it, and runs all four of
+schemathesis' phases with every check (`--checks all`; settings in
+`scripts/schemathesis.toml`): examples, coverage and fuzzing over every REST
+operation; the stateful phase, which follows the document's links (start a
+session, then pause/resume/input/stop it, read its tasks, delete it; a 409 at
+the session limit leads to the session in the way); then a short pass over
+`/api/events`, each stream read for at most a second. It prints what the stateful
+pass reached, as `operation status: count` (`--summary` writes it as JSON).
 A case fails on a 5xx, a status code the document does not list, a wrong
-content type, a body (or stream message) that breaks its schema, or a method
-the path does not serve that is not a 405 with a true `Allow`.
-Exit code: schemathesis' (0 when nothing failed), or 2 when the
-server did not start.
+content type, a body (or stream message) that breaks its schema, an invalid
+request accepted or a valid one refused, or a method the path does not serve
+that is not a 405 with a true `Allow`. Exit code: schemathesis' (0 when nothing
+failed), 1 when the server logged a traceback, 2 when the server did not start.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -27,20 +33,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
-CHECKS = ",".join(
-    [
-        "not_a_server_error",
-        "status_code_conformance",
-        "content_type_conformance",
-        "response_schema_conformance",
-        "response_headers_conformance",
-        "unsupported_method",  # an undocumented method on a known path is 405 ...
-        "allow_header_conformance",  # ... whose Allow lists exactly the documented methods
-    ]
-)
+CHECKS = "all"
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 URL_LINE = re.compile(r"url\s+(https?://\S+)")
 PRD = "# Fuzzing PRD\n\n## Build\n\n- write the code\n- test the code\n"
 
@@ -55,7 +54,7 @@ class Server:
         self.url = ""
 
     def start(self, timeout: float = 30.0) -> str:
-        env = {**os.environ, "LOKI_SIM_DELAY": "0.1"}
+        env = {**os.environ, "LOKI_SIM_DELAY": "0.3"}
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [
@@ -114,48 +113,52 @@ class Server:
             self.proc.wait()
 
 
+# The passes, in order: (name, operations, phases, how many cases: an attribute of args).
+# REST first: the sessions it starts fill the history the stream pass replays. The
+# stateful phase runs apart, with its own number of scenarios: a scenario follows
+# the document's links from a started session to pause/resume/input/stop and tasks.
+PASSES = (
+    ("rest", "rest", ("examples", "coverage", "fuzzing"), "max_examples"),
+    ("stateful", "rest", ("stateful",), "stateful_examples"),
+    ("stream", "stream", ("examples", "coverage", "fuzzing"), "stream_examples"),
+)
+
+
 def schemathesis_command(
-    url: str, args: argparse.Namespace, extra: list[str], *, stream: bool
+    url: str,
+    args: argparse.Namespace,
+    extra: list[str],
+    operations: str,
+    phases: list[str],
+    examples: int,
 ) -> list[str]:
-    """The REST pass (every operation but the stream), or the stream pass.
+    """One schemathesis run over the REST operations (all but the stream) or the stream.
 
     The stream never ends by itself: schemathesis reads a `text/event-stream` until
     20 events arrive or the request timeout passes, so the stream pass uses a short
-    timeout and no stateful phase (no links lead to the stream).
+    timeout (and no stateful phase: no links lead to the stream).
     """
     scope = (
-        [
-            "--include-path",
-            "/api/events",
-            "--phases",
-            "examples,coverage,fuzzing",
-            "--max-examples",
-            str(args.stream_examples),
-            "--request-timeout",
-            "1",
-        ]
-        if stream
-        else [
-            "--exclude-path",
-            "/api/events",
-            "--phases",
-            "examples,coverage,fuzzing,stateful",
-            "--max-examples",
-            str(args.max_examples),
-            "--request-timeout",
-            "10",
-        ]
+        ["--include-path", "/api/events", "--request-timeout", "1"]
+        if operations == "stream"
+        else ["--exclude-path", "/api/events", "--request-timeout", "10"]
     )
     return [
         sys.executable,
         "-m",
         "schemathesis.cli",
+        "--config-file",
+        str(CONFIG),
         "run",
         f"{url}/openapi.json",
         "--url",
         url,
         "--checks",
         CHECKS,
+        "--phases",
+        ",".join(phases),
+        "--max-examples",
+        str(examples),
         *scope,
         "--workers",
         str(args.workers),
@@ -165,6 +168,32 @@ def schemathesis_command(
         *(["--seed", str(args.seed)] if args.seed is not None else []),
         *extra,
     ]
+
+
+def operations_reached(spec: dict[str, Any], har_path: Path) -> dict[str, int]:
+    """How often each operation answered each status, from the REST pass's HAR log:
+    `{"pauseSession 200": 3, ...}`. Shows whether the stateful phase got past
+    validation to real sessions (random ids only ever meet 404)."""
+    templates = [
+        (method.upper(), re.compile(re.sub(r"\{[^}/]+\}", "[^/]+", path)), op["operationId"])
+        for path, item in spec["paths"].items()
+        for method, op in item.items()
+        if isinstance(op, dict) and "operationId" in op
+    ]
+    counts: dict[str, int] = {}
+    try:
+        entries = json.loads(har_path.read_text())["log"]["entries"]
+    except (OSError, ValueError, KeyError):
+        return counts
+    for entry in entries:
+        method = entry["request"]["method"]
+        path = urlsplit(entry["request"]["url"]).path
+        for template_method, pattern, operation in templates:
+            if method == template_method and pattern.fullmatch(path):
+                key = f"{operation} {entry['response']['status']}"
+                counts[key] = counts.get(key, 0) + 1
+                break
+    return dict(sorted(counts.items()))
 
 
 def print_event_counts(url: str) -> None:
@@ -199,8 +228,22 @@ def main(argv: list[str] | None = None) -> int:
         default=5,
         help="cases for /api/events, each read for up to 1 s (5)",
     )
+    parser.add_argument(
+        "--stateful-examples",
+        type=int,
+        default=50,
+        help="scenarios of the stateful phase, each a chain of linked calls (50)",
+    )
+    parser.add_argument(
+        "--phases",
+        default="examples,coverage,fuzzing,stateful",
+        help="schemathesis phases to run (all four)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--summary", type=Path, help="write what the stateful pass reached (JSON) to this file"
+    )
     args, extra = parser.parse_known_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="loki-fuzz-") as tmp:
@@ -220,14 +263,30 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             print(f"fuzz: server at {url}, loki dir {loki_dir}", flush=True)
         try:
-            # REST first: the sessions it starts fill the history the stream pass replays.
-            code = subprocess.call(schemathesis_command(url, args, extra, stream=False), cwd=work)
+            code = 0
+            wanted = set(args.phases.split(","))
+            for name, operations, phases, examples in PASSES:
+                run_phases = [phase for phase in phases if phase in wanted]
+                if not run_phases:
+                    continue
+                print(f"fuzz: the {name} pass ({', '.join(run_phases)})", flush=True)
+                har = work / f"{name}.har"
+                command = schemathesis_command(
+                    url,
+                    args,
+                    [*extra, "--report", "har", "--report-har-path", str(har)],
+                    operations,
+                    run_phases,
+                    getattr(args, examples),
+                )
+                code = subprocess.call(command, cwd=work) or code
+                if name == "stateful":
+                    spec = httpx.get(f"{url}/openapi.json", timeout=10).json()
+                    reached = operations_reached(spec, har)
+                    print(f"fuzz: the stateful pass reached (operation status: count): {reached}")
+                    if args.summary is not None:
+                        args.summary.write_text(json.dumps(reached, indent=1) + "\n")
             print_event_counts(url)
-            print("fuzz: the event stream", flush=True)
-            code = (
-                subprocess.call(schemathesis_command(url, args, extra, stream=True), cwd=work)
-                or code
-            )
         finally:
             if server is not None:
                 server.stop()

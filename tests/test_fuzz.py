@@ -1,12 +1,15 @@
 """Fuzz the live server from its OpenAPI document (scripts/fuzz_api.py, schemathesis).
 
-Fails on any 5xx, an undocumented status code or content type, or a response
-body that breaks its schema. The seed is fixed so a failure reproduces; run the
-script by hand (without --seed) to explore further.
+All four phases (examples, coverage, fuzzing, stateful) with `--checks all`: fails
+on any 5xx, an undocumented status code or content type, a body that breaks its
+schema, an invalid request accepted or a valid one refused. Few cases per
+operation and a fixed seed, so CI stays around a minute and a failure reproduces;
+`scripts/fuzz_long` is the long run.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,18 +17,42 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_fuzz_finds_nothing() -> None:
+def test_fuzz_finds_nothing_and_the_stateful_phase_reaches_real_sessions(
+    tmp_path: Path,
+) -> None:
+    summary = tmp_path / "reached.json"
     result = subprocess.run(
         [
             sys.executable,
             str(ROOT / "scripts" / "fuzz_api.py"),
             "--max-examples",
-            "25",
+            "5",
+            "--stateful-examples",
+            "20",
+            "--stream-examples",
+            "3",
             "--seed",
             "20261123",
+            "--summary",
+            str(summary),
         ],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=300,
     )
-    assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
+    output = result.stdout[-20000:] + result.stderr[-5000:]
+    assert result.returncode == 0, output
+    for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
+        assert f"✅ {phase}" in result.stdout, (phase, output)
+    # The links took the stateful phase past validation to a running session.
+    reached = json.loads(summary.read_text())
+    for operation in (
+        "startSession 201",
+        "pauseSession 200",
+        "resumeSession 200",
+        "injectInput 200",
+        "stopSession 200",
+        "getSessionTasks 200",
+        "getSessionTask 200",
+    ):
+        assert reached.get(operation, 0) > 0, (operation, reached)

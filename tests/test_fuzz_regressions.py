@@ -5,12 +5,14 @@ Found while fuzzing the API from its OpenAPI document (scripts/fuzz_api.py).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
 import pytest
 
 from loki_api.app import create_app
+from loki_api.routes.openapi import spec_json
 from loki_api.settings import Settings
 
 
@@ -67,3 +69,43 @@ async def test_405_allow_lists_every_method_of_the_path(
     assert response.status_code == 405
     assert response.headers["allow"] == allow
     assert response.json()["code"] == "METHOD_NOT_ALLOWED"
+
+
+# ------------------------- document and behaviour agree (schemathesis --checks all)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        # The document's patterns and enums refuse an empty value; so does the server.
+        ("/api/events/history?after=", 400, "BAD_REQUEST"),
+        ("/api/events/history?limit=", 400, "BAD_REQUEST"),
+        ("/api/sessions?status=", 422, "VALIDATION_ERROR"),
+        ("/api/sessions?offset=", 400, "BAD_REQUEST"),
+        ("/api/tasks?status=", 422, "VALIDATION_ERROR"),
+    ],
+)
+async def test_empty_query_values_are_refused_as_documented(
+    client: httpx.AsyncClient, path: str, status: int, code: str
+) -> None:
+    response = await client.get(path)
+    assert response.status_code == status, response.text
+    assert response.json()["code"] == code
+
+
+def test_the_document_refuses_a_zero_timeout_like_the_server() -> None:
+    """`options.timeout` 0 is a 422: the document says so (exclusiveMinimum)."""
+    spec = json.loads(spec_json())
+    timeout = spec["components"]["schemas"]["SessionOptions"]["properties"]["timeout"]
+    assert {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1e9} in timeout["anyOf"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("timeout", [0, -1, 1e9])
+async def test_a_timeout_outside_the_document_is_422(
+    client: httpx.AsyncClient, timeout: float
+) -> None:
+    response = await client.post("/api/sessions", json={"options": {"timeout": timeout}})
+    assert response.status_code == 422, response.text
+    assert "timeout" in response.json()["error"]

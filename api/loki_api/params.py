@@ -58,9 +58,9 @@ async def read_json(request: Request, type: type[T]) -> T:
 def query_int(
     request: Request, name: str, default: int | None = None, maximum: int | None = None
 ) -> int | None:
-    """A non-negative integer query parameter (400 otherwise), capped at `maximum`."""
+    """A non-negative integer query parameter (400 otherwise, "" too), capped at `maximum`."""
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     # ASCII only: str.isdigit() also accepts "²", which int() refuses.
     if not (raw.isascii() and raw.isdigit()):
@@ -73,9 +73,9 @@ def query_int(
 
 
 def query_choice(request: Request, name: str, allowed: Collection[str]) -> str | None:
-    """A query parameter that must be one of `allowed` (422 otherwise)."""
+    """A query parameter that must be one of `allowed` (422 otherwise, "" too)."""
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     if raw not in allowed:
         raise ValidationFailed(

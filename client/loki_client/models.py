@@ -10,7 +10,7 @@ Field names are snake_case in Python and camelCase on the wire.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -296,7 +296,8 @@ class Agent(Model, kw_only=True):
 class SessionOptions(Model, forbid_unknown_fields=True, kw_only=True):
     dry_run: bool = False
     verbose: bool = False
-    timeout: float | None = None
+    # Seconds after which a still-running session is stopped; 0 or less is refused.
+    timeout: Annotated[float, msgspec.Meta(gt=0, lt=1e9)] | None = None
 
 
 class StartSessionRequest(Model, forbid_unknown_fields=True, kw_only=True):

@@ -39,7 +39,8 @@ def parse_filter(request: Request) -> EventFilter:
 
 
 def parse_event_id(raw: str | None, name: str) -> str | None:
-    if raw is None or raw.strip() == "":
+    """A well-formed event id, None when absent; anything else (even "") is a 400."""
+    if raw is None:
         return None
     raw = raw.strip()
     if EVENT_ID.fullmatch(raw) is None or seq_of(raw) is None:
