@@ -11,6 +11,7 @@ from loki_api.sessions.cli_resolution import (
     find_foreign_loki,
     is_own_entry_point,
     resolve_cli,
+    unrunnable,
 )
 from loki_api.settings import Settings
 
@@ -41,6 +42,28 @@ def test_cli_flag_then_env_split_like_a_shell(tmp_path: Path) -> None:
 def test_bad_command_line_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     cli = resolve_cli(Settings(loki_dir=tmp_path, cli="'unclosed"), env={}, path="")
     assert not cli.available and "not a valid command line" in (cli.problem or "")
+
+
+def test_an_unrunnable_command_says_why(tmp_path: Path) -> None:
+    good = make_exe(tmp_path / "bin" / "good", "#!/bin/sh\n")
+    plain = tmp_path / "bin" / "plain"
+    plain.write_text("#!/bin/sh\n")
+    broken = make_exe(tmp_path / "bin" / "broken", "#!/no/such/interpreter\n")
+    env = {"PATH": str(good.parent)}
+    assert unrunnable(str(good), tmp_path, env) is None
+    assert unrunnable("good", tmp_path, env) is None
+    assert unrunnable("bin/good", tmp_path, {}) is None  # relative to the loki dir
+    assert "does not exist" in (unrunnable(str(tmp_path / "nope"), tmp_path, env) or "")
+    assert "not on PATH" in (unrunnable("nope", tmp_path, env) or "")
+    assert "not executable" in (unrunnable(str(plain), tmp_path, env) or "")
+    assert "on PATH is not executable" in (unrunnable("plain", tmp_path, env) or "")
+    assert "not a file" in (unrunnable(str(tmp_path / "bin"), tmp_path, env) or "")
+    assert "/no/such/interpreter" in (unrunnable(str(broken), tmp_path, env) or "")
+    # What the server checks before each start, and shows on /health.
+    cli = resolve_cli(Settings(loki_dir=tmp_path, cli=f"{plain} --flag"), env={}, path="")
+    assert cli.available and "not executable" in (cli.check(tmp_path, env) or "")
+    bad = resolve_cli(Settings(loki_dir=tmp_path, cli="'unclosed"), env={}, path="")
+    assert "not a valid command line" in (bad.check(tmp_path, env) or "")
 
 
 def test_foreign_loki_on_path_is_used_but_our_own_script_is_skipped(tmp_path: Path) -> None:

@@ -435,6 +435,35 @@ async def test_without_a_cli_start_is_503(loki_dir: Path, tmp_path: Path) -> Non
         assert client.get("/health").json()["status"] == "degraded"
 
 
+@pytest.mark.parametrize(
+    ("cli", "reason"),
+    [("missing", "does not exist"), ("plain", "not executable"), ("'unclosed", "not a valid")],
+)
+async def test_an_unrunnable_cli_is_refused_before_any_record_is_written(
+    loki_dir: Path, tmp_path: Path, cli: str, reason: str
+) -> None:
+    script = tmp_path / "plain"
+    script.write_text("#!/bin/sh\necho '[INFO] ran'\n")  # not executable (yet)
+    cli = str(tmp_path / cli) if cli != "'unclosed" else cli
+    sessions = loki_dir / ".loki" / "sessions"
+    with ServerProcess(loki_dir, "--cli", cli) as server, api(server) as client:
+        health = client.get("/health").json()
+        assert health["status"] == "degraded" and reason in health["problems"]["cli"]
+        reply = client.post("/api/sessions", json={})
+        assert reply.status_code == 503, reply.text
+        assert reply.json()["code"] == "PROVIDER_NOT_AVAILABLE"
+        assert reason in reply.json()["error"]
+        assert not sessions.exists() or not any(sessions.iterdir())
+        if cli == str(script):  # fixed while the server runs: no restart needed
+            script.chmod(0o755)
+            assert client.get("/health").json()["status"] == "healthy"
+            started = client.post("/api/sessions", json={})
+            assert started.status_code == 201, started.text
+            await wait_for(
+                lambda: session_status(client, started.json()["sessionId"]) == "completed"
+            )
+
+
 def test_a_running_session_of_someone_else_cannot_be_deleted(loki_dir: Path) -> None:
     directory = loki_dir / ".loki" / "sessions" / "ext9"
     directory.mkdir(parents=True)

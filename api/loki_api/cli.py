@@ -20,6 +20,7 @@ from .cluster.node import NODE_ID
 from .settings import DEFAULT_PORT, LOG_FORMATS, Settings, SettingsError, env_float, env_int
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+CONTAINMENT = ("auto", "subreaper")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--stop-sessions-on-exit",
         action="store_true",
         help="stop running sessions when the server shuts down",
+    )
+    add(
+        "--containment",
+        choices=CONTAINMENT,
+        help="auto: a cgroup v2 per session where possible, else subreaper only (LOKI_CONTAINMENT)",
     )
     add("--rate-limit", type=int, help="requests per minute per client (LOKI_RATE_LIMIT, off)")
     add("--log-level", choices=LOG_LEVELS, help="server log level (LOKI_LOG_LEVEL, info)")
@@ -127,6 +133,9 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     log_format = args.log_format or env.get("LOKI_LOG_FORMAT", "").strip().lower() or "text"
     if log_format not in LOG_FORMATS:
         raise SettingsError(f"LOKI_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
+    containment = args.containment or env.get("LOKI_CONTAINMENT", "").lower() or "auto"
+    if containment not in CONTAINMENT:
+        raise SettingsError(f"LOKI_CONTAINMENT must be one of {', '.join(CONTAINMENT)}")
     origins_raw = args.cors_origins or env.get("LOKI_API_CORS", "")
     hosts_raw = args.allowed_hosts or env.get("LOKI_ALLOWED_HOSTS", "")
     tls_cert = args.tls_cert or (Path(env["LOKI_TLS_CERT"]) if env.get("LOKI_TLS_CERT") else None)
@@ -148,6 +157,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         history=int(pick(args.history, env_int(env, "LOKI_EVENT_HISTORY"), 1000)),  # type: ignore[call-overload]
         stop_grace=float(pick(args.stop_grace, env_float(env, "LOKI_STOP_GRACE"), 10.0)),  # type: ignore[arg-type]
         stop_sessions_on_exit=args.stop_sessions_on_exit,
+        containment=containment,
         rate_limit=int(pick(args.rate_limit, env_int(env, "LOKI_RATE_LIMIT"), 0)),  # type: ignore[call-overload]
         log_level=log_level,
         log_format=log_format,

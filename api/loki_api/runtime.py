@@ -65,14 +65,13 @@ class Runtime:
             self.bus = EventBus(history=settings.history, max_pending=settings.max_pending)
         self.store = StateStore(settings, self.bus)
         self.snapshots = SnapshotDir(settings.events_dir / "snapshots")
-        self.sessions = SessionManager(settings, self.store, self.bus)
+        self.sessions = SessionManager(settings, self.store, self.bus, health=self.health)
         # Output growth wakes the supervisors through inotify on the loop when it
         # can, else through the state watcher.
         on_output = None if self.sessions.output_watch is not None else self.sessions.wake
         self.watcher = StateWatcher(settings, self.store, self.bus, on_output=on_output)
         self.add_check("watcher", self.watcher.problem)
-        if self.cli_problem() is not None:
-            self.health.report("cli", self.cli_problem() or "")
+        self.cli_problem()  # reports an unrunnable CLI on /health from the start
         self.snapshot_write_errors = 0
         self.http = HttpTally()  # filled by `access.AccessMiddleware`
         # This app's own registry: two apps in one process each export their own numbers.
@@ -178,8 +177,8 @@ class Runtime:
         return self.sessions.cli.describe()
 
     def cli_problem(self) -> str | None:
-        """Why sessions cannot be started, or None when they can."""
-        return self.sessions.cli.problem
+        """Why sessions cannot be started, or None when they can (kept on `/health`)."""
+        return self.sessions.cli_problem()
 
     def state_dir_writable(self) -> str | None:
         """None when the state dir can be written, else why not."""

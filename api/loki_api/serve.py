@@ -77,6 +77,7 @@ def banner_fields(settings: Settings, runtime: Runtime, port: int) -> dict[str, 
         "console": f"{url}/" if settings.console else "off (--no-console)",
         "stateDir": str(settings.state_dir),
         "cli": runtime.cli_description() or "none found",
+        "sessions": f"contained by {runtime.sessions.containment}",
         "auth": auth,
     }
     problem = runtime.cli_problem()
@@ -90,6 +91,7 @@ BANNER_LABELS = {
     "console": "console",
     "stateDir": "state dir",
     "cli": "cli",
+    "sessions": "sessions",
     "auth": "auth",
     "note": "note",
 }

@@ -32,6 +32,10 @@ class Settings:
     history: int = 1000
     stop_grace: float = 10.0
     stop_sessions_on_exit: bool = False
+    # How a session's processes are held together (SPEC §5.4 "Containment"):
+    # "auto" = a cgroup v2 per session where the server may create one, else
+    # the launcher's subreaper alone; "subreaper" = never a cgroup.
+    containment: str = "auto"
     rate_limit: int = 0
     log_level: str = "info"
     log_format: str = "text"  # or "json"

@@ -36,6 +36,7 @@ def format_uptime(seconds: float) -> str:
 
 async def health(request: Request) -> Response:
     runtime = runtime_of(request)
+    runtime.cli_problem()  # a stat or two: the CLI may have been removed or fixed since
     checks = runtime.run_checks()
     # A vital check failing (state dir unusable, watcher dead) is unhealthy; a
     # reported problem (disk full, a file skipped, no CLI) is degraded: still serving.

@@ -3,7 +3,8 @@
 Order: `--simulate` → the bundled simulator; `--cli` / `LOKI_CLI` (split like a
 shell would, never run by one); a `loki` on PATH that is not this package's
 own `loki` console script; `<loki-dir>/autonomy/run.sh`. When none is found
-the server still runs and `CliCommand.problem` says why.
+the server still runs and `CliCommand.check` says why (as it does for a
+command that is missing or not executable, checked again on every start).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,13 @@ class CliCommand:
     @property
     def available(self) -> bool:
         return bool(self.argv)
+
+    def check(self, cwd: Path, env: Mapping[str, str]) -> str | None:
+        """Why the command cannot run now (None when it can): a stat, no process spawned."""
+        if not self.argv:
+            return self.problem or NOT_FOUND_MESSAGE
+        reason = unrunnable(self.argv[0], cwd, env)
+        return f"The Loki CLI cannot be run: {reason}" if reason else None
 
     def describe(self) -> str | None:
         if not self.argv:
@@ -89,6 +97,41 @@ def resolve_cli(
     if run_sh.is_file() and os.access(run_sh, os.X_OK):
         return CliCommand((str(run_sh),), "run.sh")
     return CliCommand((), "none", NOT_FOUND_MESSAGE)
+
+
+def unrunnable(program: str, cwd: Path, env: Mapping[str, str]) -> str | None:
+    """Why exec would fail for `program` (found the way exec finds it), or None.
+
+    Checks the file and, for a script, its `#!` interpreter: a missing one fails
+    exec with ENOENT just like a missing program.
+    """
+    if os.sep in program:
+        path = Path(program) if os.path.isabs(program) else cwd / program
+        if not path.exists():
+            return f"{program} does not exist"
+    else:
+        found = shutil.which(program, path=env.get("PATH", os.defpath))
+        if found is None:
+            if shutil.which(program, mode=os.F_OK, path=env.get("PATH", os.defpath)):
+                return f"{program} on PATH is not executable"
+            return f"{program} is not on PATH"
+        path = Path(found)
+    if not path.is_file():
+        return f"{path} is not a file"
+    if not os.access(path, os.X_OK):
+        return f"{path} is not executable"
+    try:
+        with open(path, "rb") as file:
+            head = file.read(256)
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    if head.startswith(b"#!"):
+        interpreter = head[2:].split(b"\n", 1)[0].split()
+        if interpreter:
+            name = os.fsdecode(interpreter[0])
+            if not (os.path.isfile(name) and os.access(name, os.X_OK)):
+                return f"{path} needs the interpreter {name}, which cannot be run"
+    return None
 
 
 def find_foreign_loki(search_path: str) -> str | None:

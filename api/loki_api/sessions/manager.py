@@ -32,12 +32,14 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ..bus import EventBus
+from ..health_problems import HealthProblems
 from ..models import LogEventData, Session, SessionCounts
 from ..settings import Settings
 from ..state import SessionState, StateStore, valid_session_id
 from ..tally import OutputTally
-from . import control
+from . import cgroups, control
 from .cli_resolution import CliCommand, resolve_cli
+from .containment import signal_descendants
 from .errors import (
     CliUnavailable,
     LaunchFailed,
@@ -75,6 +77,9 @@ OFFSET_SAVE_INTERVAL = 0.5
 # After the last writer closed its output (a process closes its files just
 # before it becomes waitable), how long to look for its exit every millisecond.
 EXIT_WATCH = 0.1
+# After SIGKILL to everything below the launcher: how long the launcher gets to
+# reap it and exit by itself before it is killed too.
+LAUNCHER_EXIT_WAIT = 2.0
 
 
 # A refused start -> the `outcome` label of loki_session_starts_total (else "error").
@@ -98,12 +103,14 @@ class Supervised:
         *,
         from_end: bool = False,
         offsets: dict[str, int] | None = None,
+        cgroup: Path | None = None,
     ) -> None:
         self.id = session_id
         self.dir = directory
         self.output_dir = output_dir
         self.pgid = pgid
         self.proc = proc
+        self.cgroup = cgroup
         self.stopping = False
         offsets = offsets or {}
         self.tails = [
@@ -155,6 +162,23 @@ class Supervised:
     def leader_running(self) -> bool:
         return not self.exited()[0]
 
+    def anything_running(self) -> bool:
+        """True while the launcher, its group or its cgroup has a living process."""
+        return (
+            self.leader_running()
+            or group_alive(self.pgid)
+            or (self.cgroup is not None and cgroups.populated(self.cgroup))
+        )
+
+
+def recorded_cgroup(directory: Path, session_id: str) -> Path | None:
+    """The session's cgroup as `supervisor.json` names it (checked: the session may write it)."""
+    try:
+        doc = json.loads((directory / SUPERVISOR_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return cgroups.recorded(doc.get("cgroup"), session_id) if isinstance(doc, dict) else None
+
 
 def saved_offsets(directory: Path) -> dict[str, int]:
     """Output offsets a previous server saved, consumed so they are used once."""
@@ -178,9 +202,15 @@ class SessionManager:
     """Every session process this server supervises."""
 
     def __init__(
-        self, settings: Settings, store: StateStore, bus: EventBus, cli: CliCommand | None = None
+        self,
+        settings: Settings,
+        store: StateStore,
+        bus: EventBus,
+        cli: CliCommand | None = None,
+        health: HealthProblems | None = None,
     ) -> None:
         self.settings = settings
+        self.health = health
         self.store = store
         self.bus = bus
         self.cli = cli if cli is not None else resolve_cli(settings)
@@ -191,6 +221,16 @@ class SessionManager:
         self._output_done = OutputTally()
         # Wakes a supervisor as soon as its output grows (None: the state watcher does).
         self.output_watch = OutputWatch.create()
+        # Where each session gets its own cgroup; None: the launcher's subreaper alone.
+        self.cgroup_base: Path | None = None
+        self.containment = "subreaper (--containment subreaper)"
+        if settings.containment == "auto":
+            self.cgroup_base, why_not = cgroups.session_base()
+            self.containment = (
+                f"cgroup v2 per session under {self.cgroup_base}"
+                if self.cgroup_base is not None
+                else f"subreaper ({why_not})"
+            )
 
     # ------------------------------------------------------------------ lifetime
 
@@ -220,17 +260,14 @@ class SessionManager:
                     self._begin_stop(sup)
             deadline = time.monotonic() + self.settings.stop_grace
             while (
-                any(group_alive(s.pgid) for s in self._supervised.values())
+                any(s.anything_running() for s in self._supervised.values())
                 and time.monotonic() < deadline
             ):
                 await anyio.sleep(0.05)
         for sup in list(self._supervised.values()):
-            if sup.stopping:
+            if sup.stopping and sup.anything_running():
                 # A stop was under way: do not leave it half done behind us.
-                signal_group(sup.pgid, signal.SIGKILL)
-                with anyio.move_on_after(1):
-                    while sup.leader_running():
-                        await anyio.sleep(0.01)
+                await self._kill(sup)
             exited, code = sup.exited()
             if exited:
                 self._drain(sup)
@@ -254,7 +291,10 @@ class SessionManager:
             pid = record.pid if record.pid and runs_session(record.pid, state.id) else None
             pid = pid or find_session_process(state.id)
             self.store.adopt(state.id)
+            cgroup = recorded_cgroup(state.dir, state.id)
             if pid is None:
+                if cgroup is not None:
+                    self._dispose_cgroup(cgroup)  # what the session left, if its launcher died
                 offsets = saved_offsets(state.dir)
                 if offsets:
                     # Publish what it printed after the last saved position, before it ended.
@@ -289,6 +329,7 @@ class SessionManager:
                 None,
                 from_end=True,
                 offsets=saved_offsets(state.dir),
+                cgroup=cgroup,
             )
             if record.pid != pid:
                 self.store.update_record(state.id, pid=pid)
@@ -335,8 +376,9 @@ class SessionManager:
         verbose: bool,
         timeout: float | None,
     ) -> Session:
-        if not self.cli.available:
-            raise CliUnavailable(self.cli.problem or "No Loki CLI available")
+        problem = self.cli_problem()
+        if problem is not None:  # found before anything is written for this session
+            raise CliUnavailable(problem)
         if self._tg is None:
             raise ManagerNotRunning()
         if len(self._supervised) >= self.settings.max_sessions:
@@ -353,6 +395,7 @@ class SessionManager:
             "LOKI_DIR": str(self.settings.loki_dir),
         }
         output_dir = self.settings.output_dir / session_id
+        cgroup = self._new_cgroup(session_id)
         try:
             proc = spawn(
                 argv,
@@ -360,17 +403,22 @@ class SessionManager:
                 env=env,
                 output_dir=output_dir,
                 exit_file=state.dir / EXIT_FILE,
+                grace=self.settings.stop_grace,
+                cgroup=cgroup,
             )
         except OSError as exc:
+            if cgroup is not None:
+                cgroups.remove(cgroup)
             self.store.update_record(session_id, status="failed")
             raise LaunchFailed(
                 f"Cannot start the Loki CLI ({argv[0]}): {exc.strerror or exc}"
             ) from None
-        (state.dir / SUPERVISOR_FILE).write_text(
-            json.dumps({"pid": proc.pid, "server": os.getpid(), "argv": argv})
-        )
+        supervisor = {"pid": proc.pid, "server": os.getpid(), "argv": argv}
+        if cgroup is not None:
+            supervisor["cgroup"] = str(cgroup)  # a successor server can still end it all
+        (state.dir / SUPERVISOR_FILE).write_text(json.dumps(supervisor))
         log.info("session %s started: pid %d: %s", session_id, proc.pid, " ".join(argv))
-        sup = Supervised(session_id, state.dir, output_dir, proc.pid, proc)
+        sup = Supervised(session_id, state.dir, output_dir, proc.pid, proc, cgroup=cgroup)
         sup.save_offsets()  # a successor after SIGKILL reads from here, not from the end
         self._watch(sup)
         if timeout is not None:
@@ -438,6 +486,9 @@ class SessionManager:
             record.status in ACTIVE_STATUSES and (record.pid is None or process_alive(record.pid))
         ):
             raise WrongState(f"Session {session_id} is still running; stop it first")
+        cgroup = recorded_cgroup(state.dir, session_id)
+        if cgroup is not None:
+            self._dispose_cgroup(cgroup)
         self.store.remove(session_id)
         shutil.rmtree(state.dir, ignore_errors=True)
         shutil.rmtree(self._output_of(session_id), ignore_errors=True)
@@ -451,6 +502,19 @@ class SessionManager:
             for tail in sup.tails:
                 counts.add(tail.stream, tail.lines, tail.bytes)
         return counts
+
+    def cli_problem(self) -> str | None:
+        """Why a session cannot be started now, or None when it can.
+
+        Checked again on every call (a stat or two), and kept on `/health` as `cli`.
+        """
+        problem = self.cli.check(self.settings.loki_dir, os.environ)
+        if self.health is not None:
+            if problem is None:
+                self.health.clear("cli")
+            else:
+                self.health.report("cli", problem)
+        return problem
 
     def is_supervised(self, session_id: str) -> bool:
         return session_id in self._supervised
@@ -491,6 +555,29 @@ class SessionManager:
             raise UnknownSession(session_id)
         return state
 
+    def _new_cgroup(self, session_id: str) -> Path | None:
+        if self.cgroup_base is None:
+            return None
+        try:
+            return cgroups.create(self.cgroup_base, session_id)
+        except OSError as exc:
+            log.warning("session %s runs without a cgroup: %s", session_id, exc)
+            return None
+
+    def _dispose_cgroup(self, cgroup: Path) -> None:
+        """Kill whatever is left in a session's cgroup and remove it once empty."""
+        if cgroups.populated(cgroup):
+            cgroups.kill(cgroup)
+        if cgroups.remove(cgroup) or self._tg is None:
+            return
+
+        async def remove_when_empty() -> None:
+            with anyio.move_on_after(LAUNCHER_EXIT_WAIT):
+                while not cgroups.remove(cgroup):
+                    await anyio.sleep(0.01)
+
+        self._tg.start_soon(remove_when_empty)
+
     def _watch(self, sup: Supervised) -> None:
         assert self._tg is not None
         self._supervised[sup.id] = sup
@@ -524,18 +611,39 @@ class SessionManager:
             self.stop(sup.id)
 
     async def _escalate(self, sup: Supervised) -> None:
-        """SIGKILL the group if anything in it outlives the grace period."""
+        """SIGKILL the session if anything of it outlives the grace period."""
         deadline = time.monotonic() + self.settings.stop_grace
         while time.monotonic() < deadline:
-            if not sup.leader_running() and not group_alive(sup.pgid):
+            if not sup.anything_running():
                 return
             await anyio.sleep(0.02)
-        if signal_group(sup.pgid, signal.SIGKILL):
-            log.warning(
-                "session %s: still alive %.1fs after SIGTERM; sent SIGKILL",
-                sup.id,
-                self.settings.stop_grace,
-            )
+        log.warning(
+            "session %s: still alive %.1fs after SIGTERM; sending SIGKILL",
+            sup.id,
+            self.settings.stop_grace,
+        )
+        await self._kill(sup)
+
+    async def _kill(self, sup: Supervised) -> None:
+        """SIGKILL every process of the session; the launcher last, if it does not exit.
+
+        Everything below the launcher goes first (its cgroup, then its tree, again
+        until nothing is left: a round can race a fork), so the launcher reaps
+        it all and records the exit code; only a launcher that does not then
+        exit by itself is killed too.
+        """
+        with anyio.move_on_after(LAUNCHER_EXIT_WAIT):
+            while True:
+                if sup.cgroup is not None:
+                    cgroups.kill(sup.cgroup)
+                signalled = signal_descendants(sup.pgid, signal.SIGKILL)
+                if not signalled and not (sup.cgroup and cgroups.populated(sup.cgroup)):
+                    break
+                await anyio.sleep(0.01)
+            while sup.leader_running():
+                await anyio.sleep(0.01)
+        if sup.leader_running() and signal_group(sup.pgid, signal.SIGKILL):
+            log.warning("session %s: the launcher did not exit; killed its group", sup.id)
 
     def wake(self, session_id: str) -> None:
         """The session's output files changed (called by the watcher): read them now."""
@@ -607,6 +715,9 @@ class SessionManager:
         del self._supervised[sup.id]
         self._count_output(sup)
         sup.done.set()
+        if sup.cgroup is not None:
+            # The launcher removes it on its way out; not if it was killed itself.
+            self._dispose_cgroup(sup.cgroup)
         state = self.store.get(sup.id)
         if state is None:
             return

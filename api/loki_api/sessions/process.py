@@ -45,12 +45,15 @@ def spawn(
     env: Mapping[str, str],
     output_dir: Path,
     exit_file: Path | None = None,
+    grace: float = 10.0,
+    cgroup: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` (never through a shell) in a new session / process group.
 
     Its output goes to `output_dir`. It runs under `launcher`, which records its
-    exit code in `exit_file` (default: `output_dir/exit.json`).
-    Raises FileNotFoundError when `argv[0]` cannot be found.
+    exit code in `exit_file` (default: `output_dir/exit.json`), ends what it
+    leaves running (SIGKILL `grace` seconds after SIGTERM) and runs it in
+    `cgroup` when given. Raises FileNotFoundError when `argv[0]` cannot be found.
     """
     if find_executable(argv[0], cwd, env) is None:
         raise FileNotFoundError(2, "No such executable file", argv[0])
@@ -58,7 +61,10 @@ def spawn(
     output_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         exit_file.unlink()
-    launcher = [sys.executable, "-m", "loki_api.sessions.launcher", str(exit_file)]
+    launcher = [sys.executable, "-m", "loki_api.sessions.launcher", "--grace", str(grace)]
+    if cgroup is not None:
+        launcher += ["--cgroup", str(cgroup)]
+    launcher.append(str(exit_file))
     with open(output_dir / STDOUT_FILE, "ab") as out, open(output_dir / STDERR_FILE, "ab") as err:
         return subprocess.Popen(
             [*launcher, *argv],
