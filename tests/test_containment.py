@@ -59,6 +59,21 @@ def session_processes(session_id: str) -> list[int]:
     return found
 
 
+def zombies_of(parent: int) -> list[int]:
+    """The unreaped children of `parent`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as file:
+                    fields = file.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if fields[0] == "Z" and int(fields[1]) == parent:
+                found.append(int(entry))
+    return found
+
+
 def fake_cli(tmp_path: Path) -> str:
     script = tmp_path / "leaves-leftovers.sh"
     script.write_text(FAKE_CLI)
@@ -128,12 +143,7 @@ async def test_stop_ends_every_descendant_also_after_a_server_sigkill(
             await wait_for(lambda: status_of(client, stopped) == "stopped")
             if isinstance(cgroup, str):
                 await wait_for(lambda: not Path(cgroup).exists())
-            # No zombie left under the server either.
-            for entry in os.listdir("/proc"):
-                if entry.isdigit():
-                    with open(f"/proc/{entry}/stat") as file:
-                        fields = file.read().rsplit(")", 1)[1].split()
-                    assert not (fields[0] == "Z" and int(fields[1]) == first.pid)
+            assert not zombies_of(first.pid)
 
             readopted, _ = await start_with_leftovers(client)
     finally:
