@@ -66,3 +66,53 @@ def test_zero_history_still_counts_and_persists(tmp_path: Path) -> None:
     again = EventBus(history=0, log=EventLog(tmp_path))
     assert again.last_seq == 1
     again.close()
+
+
+def test_output_positions_are_written_with_the_events_and_read_back(tmp_path: Path) -> None:
+    bus = EventBus(history=10, log=EventLog(tmp_path))
+    bus.publish("log:info", log_event(1), "s1")
+    bus.record_output_position("s1", {"stdout.txt": 10, "stderr.txt": 0})
+    bus.publish("log:info", log_event(2), "s1")
+    bus.record_output_position("s1", {"stdout.txt": 20, "stderr.txt": 0})
+    bus.record_output_position("s2", {"stdout.txt": 5})
+    bus.flush()
+    lines = (tmp_path / CURRENT).read_bytes().splitlines()
+    # Each position follows the events it covers, in the same file.
+    assert [line[:18] for line in lines][1] == b'{"outputPosition":'
+    bus.close()
+    # A cut-short last line (a crash mid-write) is skipped, the last whole one wins.
+    with open(tmp_path / CURRENT, "ab") as file:
+        file.write(b'{"outputPosition":{"sessionId":"s1","offs')
+    again = EventBus(history=10, log=EventLog(tmp_path))
+    assert again.output_position("s1") == {"stdout.txt": 20, "stderr.txt": 0}
+    assert again.output_position("s2") == {"stdout.txt": 5}
+    assert again.output_position("nope") == {}
+    assert [e.seq for e in again.history()] == [1, 2]  # positions are not events
+    again.close()
+
+
+def test_output_positions_survive_rotation(tmp_path: Path) -> None:
+    bus = EventBus(history=10, log=EventLog(tmp_path, max_bytes=400))
+    bus.record_output_position("old", {"stdout.txt": 7})
+    for n in range(20):  # several rotations: the first file is long gone
+        bus.publish("log:info", log_event(n), "s1")
+        bus.flush()
+    bus.close()
+    again = EventBus(log=EventLog(tmp_path))
+    assert again.output_position("old") == {"stdout.txt": 7}
+    again.close()
+
+
+def test_history_is_on_disk_before_it_is_handed_out(tmp_path: Path) -> None:
+    import asyncio
+
+    async def main() -> None:
+        bus = EventBus(history=10, log=EventLog(tmp_path))
+        bus.bind_loop()  # the tick (and its flush) would come at the end of this turn
+        bus.publish("log:info", log_event(1), "s1")
+        assert not (tmp_path / CURRENT).read_bytes()
+        _, replay = bus.subscribe(after_id="evt_0_0")
+        assert len(replay) == 1 and (tmp_path / CURRENT).read_bytes().count(b"\n") == 1
+        bus.close()
+
+    asyncio.run(main())

@@ -392,8 +392,24 @@ class EventBus:
         self.close_subscriber(subscriber)
 
     def flush(self) -> None:
+        """Write the queued events to the durable log (before any socket gets them)."""
         if self._log is not None:
             self._log.flush()
+
+    def record_output_position(self, session_id: str, offsets: dict[str, int]) -> None:
+        """Note how far a session's output is published, in the durable log after its events.
+
+        Written in the same flush as those events, so a restarted server resumes
+        reading right after the last line that may have reached a client.
+        """
+        if self._log is not None:
+            self._log.record_position(session_id, offsets)
+
+    def output_position(self, session_id: str) -> dict[str, int]:
+        """The last output position the durable log holds for `session_id` (read at start-up)."""
+        if self._log is None:
+            return {}
+        return dict(self._log.output_positions.get(session_id, {}))
 
     def close_streams(self) -> None:
         """End every open stream (server shutdown); clients resume with Last-Event-ID."""
@@ -556,6 +572,7 @@ class EventBus:
         With `after_id`: the first `limit` events after it (paging forward, as a
         resuming client reads). Without: the last `limit` events.
         """
+        self.flush()  # what is handed out must be on disk first (a crash must not reuse its id)
         after_seq = seq_of(after_id) if after_id is not None else None
         if after_id is not None and after_seq is None:
             raise ValueError(f"not an event id: {after_id!r}")

@@ -5,6 +5,14 @@ buffered and flushed once per event-loop turn (the bus asks for it), so a burst
 costs one `write` call rather than one per event. At start-up the tail of the log
 refills the bus's history and tells it the last sequence number, so ids keep
 increasing across restarts.
+
+Output read positions share the log: after the events of a session's output
+lines, the supervisor appends `{"outputPosition": {"sessionId", "offsets"}}`
+(how far each output file has been published). Both go out in the same
+`write`, and that write happens before any socket sees those events, so after
+a SIGKILL a restarted server resumes reading exactly after the last line that
+may have reached a client (`output_positions`): no line is published twice,
+none is lost.
 """
 
 from __future__ import annotations
@@ -23,6 +31,20 @@ log = logging.getLogger(__name__)
 CURRENT = "events.jsonl"
 PREVIOUS = "events.1.jsonl"
 _decoder = msgspec.json.Decoder(RawEvent)
+POSITION_PREFIX = b'{"outputPosition":'
+
+
+class OutputPosition(msgspec.Struct, rename="camel"):
+    session_id: str
+    offsets: dict[str, int]
+
+
+class _PositionRecord(msgspec.Struct, rename="camel"):
+    output_position: OutputPosition
+
+
+_position_encoder = msgspec.json.Encoder()
+_position_decoder = msgspec.json.Decoder(_PositionRecord)
 
 
 def seq_of(event_id: str) -> int | None:
@@ -49,11 +71,14 @@ class EventLog:
         self._size = self._file.tell()
         self._buffer: list[bytes] = []
         self.write_errors = 0  # failed flushes, for /metrics
+        # Session id -> output file name -> offset published up to (read by `load_tail`).
+        self.output_positions: dict[str, dict[str, int]] = {}
 
     def load_tail(self, limit: int) -> tuple[list[tuple[int, bytes]], int]:
         """The last `limit` events as `(seq, json)` pairs, and the highest seq on disk.
 
         Lines that do not decode (a write cut short by a crash) are skipped.
+        Output positions on the way are kept in `output_positions`.
         """
         tail: deque[tuple[int, bytes]] = deque(maxlen=max(limit, 1))
         last_seq = 0
@@ -63,6 +88,9 @@ class EventLog:
             except FileNotFoundError:
                 continue
             for line in data.splitlines():
+                if line.startswith(POSITION_PREFIX):
+                    self._load_position(line)
+                    continue
                 try:
                     seq = seq_of(_decoder.decode(line).id)
                 except msgspec.DecodeError:
@@ -72,6 +100,19 @@ class EventLog:
                 last_seq = seq
                 tail.append((seq, line))
         return (list(tail) if limit > 0 else []), last_seq
+
+    def _load_position(self, line: bytes) -> None:
+        try:
+            position = _position_decoder.decode(line).output_position
+        except msgspec.DecodeError:
+            return
+        self.output_positions[position.session_id] = position.offsets
+
+    def record_position(self, session_id: str, offsets: dict[str, int]) -> None:
+        """Queue a session's output read position; written with the events queued before it."""
+        self.output_positions[session_id] = offsets
+        record = _PositionRecord(OutputPosition(session_id, offsets))
+        self._buffer.append(_position_encoder.encode(record))
 
     def append(self, line: bytes) -> None:
         """Queue one event's JSON; written at the next `flush`."""
@@ -98,6 +139,9 @@ class EventLog:
         os.replace(self._path, self.directory / PREVIOUS)
         self._file = open(self._path, "ab")  # noqa: SIM115
         self._size = 0
+        # Every session's last position starts the new file, so it outlives the next rotation.
+        for session_id, offsets in self.output_positions.items():
+            self.record_position(session_id, offsets)
 
     def close(self) -> None:
         self.flush()

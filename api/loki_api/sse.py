@@ -154,6 +154,7 @@ class EventStream:
     def _take_message(self) -> Message | None:
         """Everything pending as one body message, or None when there is nothing to say."""
         subscriber = self.subscriber
+        self.bus.flush()  # a drain task may run before this turn's tick: disk first
         frames = subscriber.take()
         final = subscriber.closed
         if not frames and not final:

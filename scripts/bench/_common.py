@@ -93,6 +93,7 @@ class Server:
         self.url = ""
         self.pid: int | None = None
         self.log_path = loki_dir.parent / f"{loki_dir.name}-server.log"
+        self._log_from = 0
         self.scratch: Path | None = None  # a temp dir of ours, removed after a clean exit
 
     @classmethod
@@ -105,7 +106,8 @@ class Server:
     def start(self) -> Server:
         raise_fd_limit()
         self.loki_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop() or kill()
+        self._log_from = self._log.tell()  # this run's banner, not an earlier run's
         self.proc = subprocess.Popen(
             [*self.cmd, "--port", "0", "--loki-dir", str(self.loki_dir)],
             stdout=self._log,
@@ -120,7 +122,7 @@ class Server:
                 raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.output()}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"server printed no url line:\n{self.output()}")
-            match = URL_LINE.search(self.output())
+            match = URL_LINE.search(self.output()[self._log_from :])
             if match:
                 self.url = match.group(1)
             else:
@@ -152,6 +154,16 @@ class Server:
         # bounds its own lifetime, so nothing is left for long.
         self._log.close()
         self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the server (not its sessions: they run in their own process groups)."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+        self.proc = None
+        self.url = ""
 
     def __enter__(self) -> Server:
         return self if self.proc is not None or not self.cmd else self.start()

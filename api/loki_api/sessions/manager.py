@@ -51,6 +51,7 @@ from .errors import (
 from .output_watch import OutputWatch
 from .process import (
     EXIT_FILE,
+    OUTPUT_FILES,
     STDERR_FILE,
     STDOUT_FILE,
     OutputTail,
@@ -137,16 +138,23 @@ class Supervised:
             await self.wakeup.wait()
         self.wakeup = anyio.Event()
 
+    def positions(self) -> dict[str, int]:
+        """How far each output file has been published."""
+        return {tail.path.name: tail.position for tail in self.tails if tail.position is not None}
+
     def save_offsets(self) -> None:
-        """Remember how far the output was published, for the next server to go on from."""
+        """Remember how far the output was published, for the next server to go on from.
+
+        The durable log's positions (written with the events) are the exact
+        ones; this file is the fallback when the log has none (cluster mode, or
+        a position rotated out of the log).
+        """
         path = self.dir / SUPERVISOR_FILE
         try:
             doc = json.loads(path.read_text())
         except (OSError, ValueError):
             doc = {}
-        doc["offsets"] = {
-            tail.path.name: tail.position for tail in self.tails if tail.position is not None
-        }
+        doc["offsets"] = self.positions()
         control.write_atomically(path, json.dumps(doc).encode())
         self.offsets_saved_at = time.monotonic()
 
@@ -295,7 +303,7 @@ class SessionManager:
             if pid is None:
                 if cgroup is not None:
                     self._dispose_cgroup(cgroup)  # what the session left, if its launcher died
-                offsets = saved_offsets(state.dir)
+                offsets = self._resume_offsets(state.id, state.dir)
                 if offsets:
                     # Publish what it printed after the last saved position, before it ended.
                     ended = Supervised(
@@ -320,7 +328,8 @@ class SessionManager:
                 self.store.update_record(state.id, status=status, exit_code=code)
                 continue
             log.info("re-adopting session %s (pid %d)", state.id, pid)
-            # Go on from where a graceful predecessor stopped publishing, else from now.
+            # Go on from where the predecessor stopped publishing (even if it was
+            # killed: the durable log says), else from now.
             sup = Supervised(
                 state.id,
                 state.dir,
@@ -328,7 +337,7 @@ class SessionManager:
                 pid,
                 None,
                 from_end=True,
-                offsets=saved_offsets(state.dir),
+                offsets=self._resume_offsets(state.id, state.dir),
                 cgroup=cgroup,
             )
             if record.pid != pid:
@@ -336,6 +345,19 @@ class SessionManager:
             self._watch(sup)
             if record.status == "stopping":
                 self._begin_stop(sup, resend=True)
+
+    def _resume_offsets(self, session_id: str, directory: Path) -> dict[str, int]:
+        """Where to resume reading a session's output: the furthest position known.
+
+        The durable log's position is exact (recorded with the events, on disk
+        before any client got them); `supervisor.json`'s is the fallback.
+        Offsets only grow, so the larger one is the later one.
+        """
+        offsets = saved_offsets(directory)
+        for name, offset in self.bus.output_position(session_id).items():
+            if name in OUTPUT_FILES and offset >= offsets.get(name, 0):
+                offsets[name] = offset
+        return offsets
 
     # ---------------------------------------------------------------- commands
 
@@ -661,10 +683,13 @@ class SessionManager:
             got = False
             for tail in tails:
                 got = tail.pump(publish) or got
-            if got and time.monotonic() - sup.offsets_saved_at > OFFSET_SAVE_INTERVAL:
-                # A server killed with SIGKILL resumes from here: at worst a
-                # fraction of a second of lines is published again, none lost.
-                sup.save_offsets()
+            if got:
+                # Into the durable log right after these lines' events, in the same
+                # write and before any socket: a server killed now resumes after them.
+                self.bus.record_output_position(sup.id, sup.positions())
+                if time.monotonic() - sup.offsets_saved_at > OFFSET_SAVE_INTERVAL:
+                    self.bus.flush()  # the fallback must never be ahead of the log
+                    sup.save_offsets()
             return got
 
         def output_changed(closed: bool) -> None:
@@ -703,6 +728,7 @@ class SessionManager:
         publish = partial(self.store.report, sup.id)
         for tail in sup.tails:
             tail.finish(publish)
+        self.bus.record_output_position(sup.id, sup.positions())
 
     def _count_output(self, sup: Supervised) -> None:
         """Add its output to the ended sessions' total (once, as it stops being supervised)."""
