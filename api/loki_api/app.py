@@ -118,6 +118,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         middleware.append(
             Middleware(RateLimitMiddleware, per_minute=settings.rate_limit, windows=windows)
         )
+    if runtime.forwarder is not None:
+        from .cluster.forward import ClusterRouting
+
+        # Innermost: only authenticated requests are sent on to another node.
+        middleware.append(Middleware(ClusterRouting, runtime=runtime))
 
     app = LokiApp(
         stream_app=stream_stack(settings, windows),
@@ -128,4 +133,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         exception_handlers=exception_handlers(debug=settings.log_level == "debug"),
     )
     app.state.runtime = runtime
+    if runtime.forwarder is not None:
+        runtime.forwarder.app = app
     return app

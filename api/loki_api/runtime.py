@@ -22,7 +22,7 @@ from .bus import EventBus
 from .eventlog import EventLog
 from .health_problems import HealthProblems
 from .metrics import metrics_registry
-from .models import ClusterInfo, ReadyCheck, SessionCounts
+from .models import ClusterInfo, ReadyCheck, Session, SessionCounts
 from .providers import ProviderCache
 from .sessions.manager import SessionManager
 from .settings import Settings
@@ -34,6 +34,8 @@ from .watcher import StateWatcher
 
 if TYPE_CHECKING:
     from .cluster.bus import ClusterBus
+    from .cluster.forward import Forwarder
+    from .cluster.registry import Registry
 
 # Seconds between saves of changed sessions' snapshots (what a restart diffs against).
 SNAPSHOT_INTERVAL = 0.25
@@ -54,6 +56,8 @@ class Runtime:
         self.checks: dict[str, Check] = {"stateDir": self.state_dir_writable}
         self.node_id: str | None = None
         self.cluster_bus: ClusterBus | None = None
+        self.registry: Registry | None = None
+        self.forwarder: Forwarder | None = None
         self.bus: EventBus
         if settings.clustered:
             from .cluster.bus import ClusterBus  # nats-py is only needed in cluster mode
@@ -64,6 +68,12 @@ class Runtime:
         else:
             self.bus = EventBus(history=settings.history, max_pending=settings.max_pending)
         self.store = StateStore(settings, self.bus)
+        if self.cluster_bus is not None and self.node_id is not None:
+            from .cluster.forward import Forwarder
+            from .cluster.registry import Registry
+
+            self.registry = Registry(self, self.node_id)
+            self.forwarder = Forwarder(self, self.node_id)
         self.snapshots = SnapshotDir(settings.events_dir / "snapshots")
         self.sessions = SessionManager(settings, self.store, self.bus, health=self.health)
         # Output growth wakes the supervisors through inotify on the loop when it
@@ -105,6 +115,9 @@ class Runtime:
                 if self.cluster_bus is not None:
                     # Ready once it holds the stream's last --history events (or NATS is away).
                     await tg.start(self.cluster_bus.run)
+                if self.registry is not None and self.forwarder is not None:
+                    tg.start_soon(self.registry.run)
+                    tg.start_soon(self.forwarder.serve)
                 # Re-adopts the sessions that outlived a previous server before serving.
                 await tg.start(self.sessions.run)
                 await tg.start(self.watcher.run)
@@ -164,7 +177,16 @@ class Runtime:
         return results
 
     def cluster_info(self) -> ClusterInfo | None:
-        return self.cluster_bus.info() if self.cluster_bus is not None else None
+        if self.cluster_bus is None:
+            return None
+        info = self.cluster_bus.info()
+        if self.registry is not None:
+            info.nodes = self.registry.node_list()
+        return info
+
+    def public_record(self, record: Session) -> Session:
+        """A local session record as the API shows it (in a cluster: with its node)."""
+        return self.registry.record_of(record) if self.registry is not None else record
 
     def session_counts(self) -> SessionCounts:
         return self.sessions.counts()

@@ -57,6 +57,7 @@ __all__ = [
     "DeleteResponse",
     "ProviderAvailability",
     "NatsState",
+    "ClusterNode",
     "ClusterInfo",
     "Health",
     "ReadyCheck",
@@ -110,6 +111,9 @@ class SessionEventData(Model, kw_only=True):
     status: str
     message: str | None = None
     exit_code: int | None = None
+    # Cluster mode: why (`node-lost`) and which node, when a node's loss ended the session.
+    reason: str | None = None
+    node: str | None = None
 
 
 class PhaseEventData(Model, kw_only=True):
@@ -257,6 +261,8 @@ class Session(Record, kw_only=True):
     task_count: int = 0
     completed_tasks: int = 0
     exit_code: int | None = None
+    # Cluster mode: the node that runs (supervises) the session; None on a single node.
+    node: str | None = None
 
 
 class Task(Record, kw_only=True):
@@ -403,12 +409,24 @@ class NatsState(Record, kw_only=True):
     last_error: str | None = None
 
 
+class ClusterNode(Record, kw_only=True):
+    """A node as its last heartbeat described it."""
+
+    node: str
+    max_sessions: int
+    running: int
+    free: int
+    # False once silent for --node-ttl (its sessions were failed as node-lost).
+    alive: bool
+
+
 class ClusterInfo(Record, kw_only=True):
     """Present in cluster mode only (`loki serve --nats ...`)."""
 
     name: str
     node: str
     nats: NatsState
+    nodes: list[ClusterNode] = msgspec.field(default_factory=list)
 
 
 class Health(Record, kw_only=True):

@@ -130,6 +130,14 @@ class ClusterBus(EventBus):
         self._delivered_at = time.monotonic()
         self.stream_last_seq = 0
 
+    @property
+    def nc(self) -> NATS | None:
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext | None:
+        return self._js
+
     # ------------------------------------------------------------ publishing
 
     def publish(self, type: str, data: Any, session_id: str | None = None) -> Event:

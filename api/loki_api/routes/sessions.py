@@ -126,9 +126,15 @@ async def list_sessions(request: Request) -> Response:
     limit = query_int(request, "limit", DEFAULT_LIMIT, maximum=MAX_LIMIT)
     offset = query_int(request, "offset", 0)
     assert limit is not None and offset is not None
+    runtime = runtime_of(request)
     states = store_of(request).all()
-    running = sum(1 for s in states if s.record.status in ACTIVE_STATUSES)
-    records = [s.record for s in states if status is None or s.record.status == status]
+    all_records = [s.record for s in states]
+    if runtime.registry is not None:  # with their node, and the other nodes' sessions too
+        all_records = [runtime.registry.record_of(r) for r in all_records]
+        all_records.extend(runtime.registry.others_records())
+        all_records.sort(key=lambda r: (r.started_at or "", r.id), reverse=True)
+    running = sum(1 for r in all_records if r.status in ACTIVE_STATUSES)
+    records = [r for r in all_records if status is None or r.status == status]
     return json_response(
         SessionList(sessions=records[offset : offset + limit], total=len(records), running=running)
     )
@@ -139,8 +145,9 @@ async def get_session(request: Request) -> Response:
     agents = AgentCounts(
         active=len(state.agents), spawned=state.agents_spawned, completed=state.agents_completed
     )
+    record = runtime_of(request).public_record(state.record)
     return json_response(
-        SessionDetail(session=state.record, tasks=task_counts(state.tasks), agents=agents)
+        SessionDetail(session=record, tasks=task_counts(state.tasks), agents=agents)
     )
 
 
