@@ -182,15 +182,39 @@ async def test_own_exit_delete_and_stop_on_exit_leave_nothing(
     assert record["status"] == "stopped"
 
 
-@pytest.mark.skipif(not CAN_CGROUP, reason="cannot create cgroup v2 here")
-async def test_the_cgroup_ends_the_session_even_when_its_launcher_was_killed(
-    loki_dir: Path, tmp_path: Path
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_killed_launcher_leaves_nothing_running(
+    loki_dir: Path, tmp_path: Path, mode: str
 ) -> None:
-    args = ("--cli", fake_cli(tmp_path), "--stop-grace", "0.5")
+    args = ("--cli", fake_cli(tmp_path), "--stop-grace", "0.5", "--containment", mode)
     with ServerProcess(loki_dir, *args) as server, httpx.Client(base_url=server.url) as client:
         session_id, launcher = await start_with_leftovers(client)
-        cgroup = Path(str(supervisor_doc(loki_dir, session_id)["cgroup"]))
-        os.kill(launcher, signal.SIGKILL)  # no subreaper any more: only the cgroup holds them
+        cgroup = supervisor_doc(loki_dir, session_id).get("cgroup")
+        # No subreaper any more: the cgroup holds them, or else their LOKI_SESSION_ID.
+        os.kill(launcher, signal.SIGKILL)
         await wait_for(lambda: status_of(client, session_id) == "failed")
         await assert_all_gone(session_id)
-        await wait_for(lambda: not cgroup.exists())
+        if mode == "auto":
+            await wait_for(lambda: not Path(str(cgroup)).exists())
+
+
+def test_a_recorded_cgroup_is_only_taken_back_if_it_could_be_ours(tmp_path: Path) -> None:
+    # supervisor.json lies where the session can write: a planted path must not
+    # make the server kill some other cgroup (or the whole machine's).
+    mount = next((m for m, _ in cgroups.cgroup2_mounts()), None)
+    if mount is None:
+        pytest.skip("no cgroup2 mount")
+    ours = f"{mount}/loki-s1"
+    assert cgroups.recorded(ours, "s1") == Path(ours)
+    assert cgroups.recorded(f"{mount}/system.slice/loki-s1", "s1") is not None
+    for planted in (
+        str(mount),
+        f"{mount}/system.slice",
+        f"{mount}/loki-s2",
+        f"{mount}/loki-s1/../system.slice/loki-s1",
+        f"{tmp_path}/loki-s1",
+        "loki-s1",
+        None,
+        7,
+    ):
+        assert cgroups.recorded(planted, "s1") is None, planted

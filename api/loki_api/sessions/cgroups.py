@@ -20,7 +20,7 @@ from pathlib import Path
 PREFIX = "loki-"
 
 
-def _cgroup2_mounts() -> list[tuple[Path, str]]:
+def cgroup2_mounts() -> list[tuple[Path, str]]:
     """(mount point, root of the hierarchy it shows) of every cgroup2 mount."""
     mounts = []
     try:
@@ -47,7 +47,7 @@ def own_cgroup() -> tuple[Path | None, str]:
     own = next((line[3:] for line in lines if line.startswith("0::")), None)
     if own is None:
         return None, "no cgroup v2 hierarchy"
-    for mount, root in _cgroup2_mounts():
+    for mount, root in cgroup2_mounts():
         relative = os.path.relpath(own, root)
         if relative == "." or not relative.startswith(".."):
             return mount / relative if relative != "." else mount, ""
@@ -135,6 +135,6 @@ def recorded(value: object, session_id: str) -> Path | None:
     path = Path(value)
     if os.path.normpath(value) != value or path.name != f"{PREFIX}{session_id}":
         return None
-    if not any(path.is_relative_to(mount) for mount, _ in _cgroup2_mounts()):
+    if not any(path.is_relative_to(mount) for mount, _ in cgroup2_mounts()):
         return None
     return path

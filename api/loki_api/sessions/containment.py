@@ -7,6 +7,11 @@ launcher instead of PID 1, so the session is always the tree under the
 launcher, found by following parent pids in `/proc`. Killing the tree top
 down can race a fork; the callers repeat a round until nothing is left.
 
+A launcher killed from outside leaves its orphans to PID 1, out of the tree.
+Without a cgroup to hold them, they are found by the `LOKI_SESSION_ID` their
+environment inherited (`marked`): best effort, since a process can exec with
+another environment, but it is what is left.
+
 Standard library only: the launcher imports this module.
 """
 
@@ -64,6 +69,36 @@ def descendants(root: int) -> list[tuple[int, int]]:
         found.append((pid, table[pid][1]))
         queue.extend(children.get(pid, ()))
     return found
+
+
+def marked(session_id: str) -> list[int]:
+    """Every process (not this one) whose environment carries `LOKI_SESSION_ID=<id>`."""
+    marker = f"LOKI_SESSION_ID={session_id}".encode()
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as file:
+                if marker in file.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return found
+
+
+def signal_marked(session_id: str, sig: int) -> int:
+    """Send `sig` to every process `marked` with the session; how many were signalled."""
+    sent = 0
+    for pid in marked(session_id):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+            sent += 1
+    return sent
 
 
 def signal_descendants(root: int, sig: int, *, except_group: int | None = None) -> int:

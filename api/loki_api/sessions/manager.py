@@ -39,7 +39,7 @@ from ..state import SessionState, StateStore, valid_session_id
 from ..tally import OutputTally
 from . import cgroups, control
 from .cli_resolution import CliCommand, resolve_cli
-from .containment import signal_descendants
+from .containment import signal_descendants, signal_marked
 from .errors import (
     CliUnavailable,
     LaunchFailed,
@@ -301,8 +301,7 @@ class SessionManager:
             self.store.adopt(state.id)
             cgroup = recorded_cgroup(state.dir, state.id)
             if pid is None:
-                if cgroup is not None:
-                    self._dispose_cgroup(cgroup)  # what the session left, if its launcher died
+                self._end_leftovers(state.id, cgroup)  # if its launcher was killed
                 offsets = self._resume_offsets(state.id, state.dir)
                 if offsets:
                     # Publish what it printed after the last saved position, before it ended.
@@ -508,9 +507,7 @@ class SessionManager:
             record.status in ACTIVE_STATUSES and (record.pid is None or process_alive(record.pid))
         ):
             raise WrongState(f"Session {session_id} is still running; stop it first")
-        cgroup = recorded_cgroup(state.dir, session_id)
-        if cgroup is not None:
-            self._dispose_cgroup(cgroup)
+        self._end_leftovers(session_id, recorded_cgroup(state.dir, session_id))
         self.store.remove(session_id)
         shutil.rmtree(state.dir, ignore_errors=True)
         shutil.rmtree(self._output_of(session_id), ignore_errors=True)
@@ -586,19 +583,30 @@ class SessionManager:
             log.warning("session %s runs without a cgroup: %s", session_id, exc)
             return None
 
-    def _dispose_cgroup(self, cgroup: Path) -> None:
-        """Kill whatever is left in a session's cgroup and remove it once empty."""
-        if cgroups.populated(cgroup):
-            cgroups.kill(cgroup)
-        if cgroups.remove(cgroup) or self._tg is None:
-            return
+    def _end_leftovers(self, session_id: str, cgroup: Path | None) -> None:
+        """Kill what an ended session left running (only if its launcher was killed).
 
-        async def remove_when_empty() -> None:
+        Its cgroup holds all of it (then removed once empty); without one, the
+        processes that still carry its `LOKI_SESSION_ID` are what can be found.
+        """
+        if cgroup is not None and cgroups.populated(cgroup):
+            cgroups.kill(cgroup)
+
+        def done() -> bool:
+            if cgroup is not None:
+                return cgroups.remove(cgroup)
+            return not signal_marked(session_id, signal.SIGKILL)
+
+        if done() or self._tg is None:
+            return
+        log.warning("session %s: killing what its launcher left running", session_id)
+
+        async def until_done() -> None:
             with anyio.move_on_after(LAUNCHER_EXIT_WAIT):
-                while not cgroups.remove(cgroup):
+                while not done():
                     await anyio.sleep(0.01)
 
-        self._tg.start_soon(remove_when_empty)
+        self._tg.start_soon(until_done)
 
     def _watch(self, sup: Supervised) -> None:
         assert self._tg is not None
@@ -741,9 +749,8 @@ class SessionManager:
         del self._supervised[sup.id]
         self._count_output(sup)
         sup.done.set()
-        if sup.cgroup is not None:
-            # The launcher removes it on its way out; not if it was killed itself.
-            self._dispose_cgroup(sup.cgroup)
+        # The launcher ends them all on its way out; not if it was killed itself.
+        self._end_leftovers(sup.id, sup.cgroup)
         state = self.store.get(sup.id)
         if state is None:
             return

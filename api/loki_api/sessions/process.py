@@ -23,12 +23,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..models import Model
+from .containment import marked
 from .output import LineSplitter, Stream, parse_line
 
 STDOUT_FILE = "stdout.txt"
 STDERR_FILE = "stderr.txt"
 OUTPUT_FILES = frozenset({STDOUT_FILE, STDERR_FILE})
 EXIT_FILE = "exit.json"
+LAUNCHER_MODULE = "loki_api.sessions.launcher"
 # One `pump` publishes at most this much, so a burst of output goes out over
 # several event-loop steps and the streams write in between (a whole burst in
 # one step would overflow every subscriber's pending frames).
@@ -61,7 +63,7 @@ def spawn(
     output_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         exit_file.unlink()
-    launcher = [sys.executable, "-m", "loki_api.sessions.launcher", "--grace", str(grace)]
+    launcher = [sys.executable, "-m", LAUNCHER_MODULE, "--grace", str(grace)]
     if cgroup is not None:
         launcher += ["--cgroup", str(cgroup)]
     launcher.append(str(exit_file))
@@ -226,24 +228,22 @@ def read_environ(pid: int) -> list[bytes]:
 
 def find_session_process(session_id: str) -> int | None:
     """The process-group leader running `session_id`, found by its environment."""
-    marker = f"LOKI_SESSION_ID={session_id}".encode()
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return None
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
+    for pid in marked(session_id):
         try:
-            with open(f"/proc/{pid}/environ", "rb") as file:
-                if marker not in file.read().split(b"\0"):
-                    continue
-            if os.getpgid(pid) == pid and process_alive(pid):
+            if os.getpgid(pid) == pid and process_alive(pid) and is_launcher(pid):
                 return pid
         except OSError:
             continue
     return None
+
+
+def is_launcher(pid: int) -> bool:
+    """True for our session launcher (not a leftover of its session that leads a group)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            return LAUNCHER_MODULE.encode() in file.read().split(b"\0")
+    except OSError:
+        return False
 
 
 def group_alive(pgid: int) -> bool:
