@@ -3,6 +3,7 @@ from pathlib import Path
 from loki_api.bus import EventBus
 from loki_api.eventlog import CURRENT, PREVIOUS, EventLog, seq_of
 from loki_api.models import LogEventData
+from loki_api.statedir import StateDir
 
 
 def log_event(n: int) -> LogEventData:
@@ -17,11 +18,11 @@ def test_seq_of() -> None:
 
 
 def test_history_and_sequence_survive_a_restart(tmp_path: Path) -> None:
-    bus = EventBus(history=5, log=EventLog(tmp_path))
+    bus = EventBus(history=5, log=EventLog(StateDir(tmp_path), ""))
     ids = [bus.publish("log:info", log_event(n), "s1").id for n in range(8)]
     bus.close()
 
-    again = EventBus(history=5, log=EventLog(tmp_path))
+    again = EventBus(history=5, log=EventLog(StateDir(tmp_path), ""))
     assert [e.seq for e in again.history()] == [4, 5, 6, 7, 8]
     assert again.history()[-1].json.startswith(b'{"id":"' + ids[-1].encode())
     nxt = again.publish("log:info", log_event(9), "s1")
@@ -30,20 +31,20 @@ def test_history_and_sequence_survive_a_restart(tmp_path: Path) -> None:
 
 
 def test_a_line_cut_short_by_a_crash_is_skipped(tmp_path: Path) -> None:
-    bus = EventBus(history=10, log=EventLog(tmp_path))
+    bus = EventBus(history=10, log=EventLog(StateDir(tmp_path), ""))
     for n in range(3):
         bus.publish("log:info", log_event(n))
     bus.close()
     with open(tmp_path / CURRENT, "ab") as f:
         f.write(b'{"id":"evt_4_1","type":"log:in')  # SIGKILL mid-write
-    again = EventBus(history=10, log=EventLog(tmp_path))
+    again = EventBus(history=10, log=EventLog(StateDir(tmp_path), ""))
     assert [e.seq for e in again.history()] == [1, 2, 3]
     assert seq_of(again.publish("log:info", log_event(9)).id) == 4
     again.close()
 
 
 def test_rotation_bounds_the_log_and_keeps_the_sequence(tmp_path: Path) -> None:
-    bus = EventBus(history=1000, log=EventLog(tmp_path, max_bytes=2000))
+    bus = EventBus(history=1000, log=EventLog(StateDir(tmp_path), "", max_bytes=2000))
     for n in range(100):
         bus.publish("log:info", log_event(n))
         bus.flush()
@@ -51,7 +52,7 @@ def test_rotation_bounds_the_log_and_keeps_the_sequence(tmp_path: Path) -> None:
     assert (tmp_path / PREVIOUS).exists()
     total = sum(p.stat().st_size for p in tmp_path.iterdir())
     assert total < 2 * 2000 + 500
-    again = EventBus(history=1000, log=EventLog(tmp_path, max_bytes=2000))
+    again = EventBus(history=1000, log=EventLog(StateDir(tmp_path), "", max_bytes=2000))
     seqs = [e.seq for e in again.history()]
     assert seqs == sorted(seqs) and seqs[-1] == 100
     assert seq_of(again.publish("log:info", log_event(0)).id) == 101
@@ -59,17 +60,17 @@ def test_rotation_bounds_the_log_and_keeps_the_sequence(tmp_path: Path) -> None:
 
 
 def test_zero_history_still_counts_and_persists(tmp_path: Path) -> None:
-    bus = EventBus(history=0, log=EventLog(tmp_path))
+    bus = EventBus(history=0, log=EventLog(StateDir(tmp_path), ""))
     bus.publish("log:info", log_event(1))
     assert bus.history_size == 0 and bus.published == 1
     bus.close()
-    again = EventBus(history=0, log=EventLog(tmp_path))
+    again = EventBus(history=0, log=EventLog(StateDir(tmp_path), ""))
     assert again.last_seq == 1
     again.close()
 
 
 def test_output_positions_are_written_with_the_events_and_read_back(tmp_path: Path) -> None:
-    bus = EventBus(history=10, log=EventLog(tmp_path))
+    bus = EventBus(history=10, log=EventLog(StateDir(tmp_path), ""))
     bus.publish("log:info", log_event(1), "s1")
     bus.record_output_position("s1", {"stdout.txt": 10, "stderr.txt": 0})
     bus.publish("log:info", log_event(2), "s1")
@@ -83,7 +84,7 @@ def test_output_positions_are_written_with_the_events_and_read_back(tmp_path: Pa
     # A cut-short last line (a crash mid-write) is skipped, the last whole one wins.
     with open(tmp_path / CURRENT, "ab") as file:
         file.write(b'{"outputPosition":{"sessionId":"s1","offs')
-    again = EventBus(history=10, log=EventLog(tmp_path))
+    again = EventBus(history=10, log=EventLog(StateDir(tmp_path), ""))
     assert again.output_position("s1") == {"stdout.txt": 20, "stderr.txt": 0}
     assert again.output_position("s2") == {"stdout.txt": 5}
     assert again.output_position("nope") == {}
@@ -92,13 +93,13 @@ def test_output_positions_are_written_with_the_events_and_read_back(tmp_path: Pa
 
 
 def test_output_positions_survive_rotation(tmp_path: Path) -> None:
-    bus = EventBus(history=10, log=EventLog(tmp_path, max_bytes=400))
+    bus = EventBus(history=10, log=EventLog(StateDir(tmp_path), "", max_bytes=400))
     bus.record_output_position("old", {"stdout.txt": 7})
     for n in range(20):  # several rotations: the first file is long gone
         bus.publish("log:info", log_event(n), "s1")
         bus.flush()
     bus.close()
-    again = EventBus(log=EventLog(tmp_path))
+    again = EventBus(log=EventLog(StateDir(tmp_path), ""))
     assert again.output_position("old") == {"stdout.txt": 7}
     again.close()
 
@@ -107,7 +108,7 @@ def test_history_is_on_disk_before_it_is_handed_out(tmp_path: Path) -> None:
     import asyncio
 
     async def main() -> None:
-        bus = EventBus(history=10, log=EventLog(tmp_path))
+        bus = EventBus(history=10, log=EventLog(StateDir(tmp_path), ""))
         bus.bind_loop()  # the tick (and its flush) would come at the end of this turn
         bus.publish("log:info", log_event(1), "s1")
         assert not (tmp_path / CURRENT).read_bytes()

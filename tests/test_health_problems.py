@@ -66,12 +66,12 @@ async def test_health_is_degraded_with_the_reason(
     }
     # Only a problem reported as blocking readiness fails /health/ready.
     assert (await client.get("/health/ready")).status_code == 200
-    runtime.health.report("storage", "No space left on device", blocks_ready=True)
+    runtime.health.report("nats", "not connected", blocks_ready=True)
     ready = await client.get("/health/ready")
     assert ready.status_code == 503
-    assert ready.json()["checks"]["storage"] == {"ok": False, "detail": "No space left on device"}
+    assert ready.json()["checks"]["nats"] == {"ok": False, "detail": "not connected"}
     assert (await client.get("/health")).json()["status"] == "degraded"
-    runtime.health.clear("storage")
+    runtime.health.clear("nats")
     runtime.health.clear("stateFiles")
     assert (await client.get("/health/ready")).status_code == 200
     health = await client.get("/health")

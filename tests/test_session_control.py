@@ -22,26 +22,28 @@ from loki_api.sessions.process import (
     runs_session,
     spawn,
 )
+from loki_api.statedir import StateDir
 
 
 def test_pause_and_clear(tmp_path: Path) -> None:
-    control.write_pause(tmp_path)
+    control.write_pause(StateDir(tmp_path), tmp_path)
     (tmp_path / "STOP").write_text("")
-    assert (tmp_path / "PAUSE").exists() and control.stop_requested(tmp_path)
-    control.clear_pause(tmp_path)
-    assert not (tmp_path / "PAUSE").exists() and not control.stop_requested(tmp_path)
-    control.clear_pause(tmp_path)  # nothing to remove is fine
+    assert (tmp_path / "PAUSE").exists() and control.stop_requested(StateDir(tmp_path), tmp_path)
+    control.clear_pause(StateDir(tmp_path), tmp_path)
+    assert not (tmp_path / "PAUSE").exists()
+    assert not control.stop_requested(StateDir(tmp_path), tmp_path)
+    control.clear_pause(StateDir(tmp_path), tmp_path)  # nothing to remove is fine
 
 
 def test_input_without_fifo_appends_to_human_input(tmp_path: Path) -> None:
-    assert control.inject_input(tmp_path, "first") == "file"
-    assert control.inject_input(tmp_path, "second\n") == "file"
+    assert control.inject_input(StateDir(tmp_path), tmp_path, "first") == "file"
+    assert control.inject_input(StateDir(tmp_path), tmp_path, "second\n") == "file"
     assert (tmp_path / "HUMAN_INPUT.md").read_text() == "first\nsecond\n"
 
 
 def test_input_with_a_fifo_nobody_reads_falls_back_without_blocking(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "input.fifo")
-    assert control.inject_input(tmp_path, "hello") == "file"
+    assert control.inject_input(StateDir(tmp_path), tmp_path, "hello") == "file"
     assert (tmp_path / "HUMAN_INPUT.md").read_text() == "hello\n"
 
 
@@ -49,10 +51,10 @@ def test_input_goes_through_a_read_fifo(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "input.fifo")
     reader = os.open(tmp_path / "input.fifo", os.O_RDONLY | os.O_NONBLOCK)
     try:
-        assert control.inject_input(tmp_path, "hello") == "fifo"
+        assert control.inject_input(StateDir(tmp_path), tmp_path, "hello") == "fifo"
         assert os.read(reader, 100) == b"hello\n"
         # Too big for one atomic pipe write: the file takes it whole instead.
-        assert control.inject_input(tmp_path, "x" * 10_000) == "file"
+        assert control.inject_input(StateDir(tmp_path), tmp_path, "x" * 10_000) == "file"
     finally:
         os.close(reader)
     assert not (tmp_path / "HUMAN_INPUT.md").read_text().startswith("hello")
@@ -60,7 +62,7 @@ def test_input_goes_through_a_read_fifo(tmp_path: Path) -> None:
 
 def test_a_regular_file_named_input_fifo_is_not_written(tmp_path: Path) -> None:
     (tmp_path / "input.fifo").write_text("")
-    assert control.inject_input(tmp_path, "x") == "file"
+    assert control.inject_input(StateDir(tmp_path), tmp_path, "x") == "file"
     assert (tmp_path / "input.fifo").read_text() == ""
 
 

@@ -12,6 +12,7 @@ from loki_api.bus import EventBus
 from loki_api.settings import Settings
 from loki_api.state import StateStore
 from loki_api.state.snapshot import SnapshotDir
+from loki_api.statedir import StateDir
 
 from .support import ServerProcess
 from .test_store import Recorder, session_doc, write
@@ -85,10 +86,10 @@ def test_announcements_survive_a_restart(tmp_path: Path) -> None:
 
 
 def test_snapshot_dir_round_trip(tmp_path: Path) -> None:
-    snapshots = SnapshotDir(tmp_path / "snapshots")
+    snapshots = SnapshotDir(StateDir(tmp_path))
     assert not snapshots.exists() and snapshots.load_all() == {}
     snapshots.save("s1", {"phase": "x"})
-    (tmp_path / "snapshots" / "broken.json").write_text("{nope")
+    (tmp_path / "events" / "snapshots" / "broken.json").write_text("{nope")
     assert snapshots.load_all() == {"s1": {"phase": "x"}}
     snapshots.remove("s1")
     snapshots.remove("s1")

@@ -14,7 +14,7 @@ from loki_api.bus import EventBus
 from loki_api.models import Session
 from loki_api.settings import Settings
 from loki_api.state import StateStore
-from loki_api.state.store import write_atomically
+from loki_api.statedir import StateDir
 
 
 class Recorder:
@@ -149,7 +149,7 @@ def test_managed_session_ignores_stale_status_from_the_child(
         taskCount=4,
         completedTasks=1,
     )
-    write_atomically(state.dir / "session.json", json.dumps(doc).encode())
+    store.files.write_atomic(state.dir / "session.json", json.dumps(doc).encode())
     store.apply_file(state.dir / "session.json")
     record = store.get("s1").record  # type: ignore[union-attr]
     assert (record.status, record.pid, record.exit_code) == ("paused", 7, None)
@@ -373,7 +373,7 @@ def test_write_atomically_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
     target = tmp_path / "session.json"
     target.write_text("old")
     inode = os.stat(target).st_ino
-    write_atomically(target, b'{"new": true}')
+    StateDir(tmp_path).write_atomic("session.json", b'{"new": true}')
     assert target.read_bytes() == b'{"new": true}'
     assert os.stat(target).st_ino != inode  # renamed over, not rewritten in place
     assert os.listdir(tmp_path) == ["session.json"]

@@ -17,7 +17,16 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .cluster.node import NODE_ID
-from .settings import DEFAULT_PORT, LOG_FORMATS, Settings, SettingsError, env_float, env_int
+from .settings import (
+    DEFAULT_PORT,
+    LOG_FORMATS,
+    Settings,
+    SettingsError,
+    env_float,
+    env_int,
+    parse_size,
+)
+from .statedir import Limits
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 CONTAINMENT = ("auto", "subreaper")
@@ -77,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="server log lines as text or one JSON object each (LOKI_LOG_FORMAT, text)",
     )
     add("--metrics-public", action="store_true", help="serve /metrics without auth")
+    add(
+        "--max-state-file",
+        help="cap on one state document under .loki/, e.g. 8M (LOKI_MAX_STATE_FILE, 8 MiB)",
+    )
     add("--keepalive", type=float, help="seconds between SSE keep-alive comments (15)")
     add(
         "--send-deadline",
@@ -141,6 +154,9 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     tls_cert = args.tls_cert or (Path(env["LOKI_TLS_CERT"]) if env.get("LOKI_TLS_CERT") else None)
     tls_key = args.tls_key or (Path(env["LOKI_TLS_KEY"]) if env.get("LOKI_TLS_KEY") else None)
     loki_dir = args.loki_dir or (Path(env["LOKI_DIR"]) if env.get("LOKI_DIR") else Path.cwd())
+    max_state_raw = args.max_state_file or env.get("LOKI_MAX_STATE_FILE") or ""
+    name = "--max-state-file" if args.max_state_file else "LOKI_MAX_STATE_FILE"
+    max_state_file = parse_size(max_state_raw, name) if max_state_raw.strip() else Limits.max_file
     settings = Settings(
         port=int(port),  # type: ignore[call-overload]
         host=args.host or env.get("LOKI_API_HOST") or "127.0.0.1",
@@ -170,6 +186,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         trust_loopback=not args.no_loopback_trust,
         allowed_hosts=tuple(h.strip() for h in hosts_raw.split(",") if h.strip()),
         **cluster_settings(args, env),
+        max_state_file=max_state_file,
     )
     validate(settings)
     return settings
@@ -250,6 +267,8 @@ def validate(settings: Settings) -> None:
         raise SettingsError("--keepalive must be positive")
     if settings.send_deadline <= 0:
         raise SettingsError("--send-deadline must be positive")
+    if settings.max_state_file < 1024:
+        raise SettingsError("--max-state-file must be at least 1K")
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise SettingsError("--tls-cert and --tls-key go together")
     for path in (settings.tls_cert, settings.tls_key):

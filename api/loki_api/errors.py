@@ -14,6 +14,11 @@ never sent (it is logged).
      ├── Conflict              409 CONFLICT / SESSION_ALREADY_RUNNING
      ├── ValidationFailed      422 VALIDATION_ERROR
      └── ServiceUnavailable    503 SERVICE_UNAVAILABLE / PROVIDER_NOT_AVAILABLE
+
+The state directory's errors (`statedir.py`) are translated here too:
+`StorageUnavailable` → 503 STORAGE_UNAVAILABLE (disk full, read-only, I/O
+error), `UnusableEntry` → 409 CONFLICT (a directory, symlink or FIFO where the
+call needs a file).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from .sessions.errors import (
     UnknownSession,
     WrongState,
 )
+from .statedir import StateDirError, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +154,16 @@ async def _session_error(request: Request, exc: Exception) -> Response:
     return await _http_error(request, session_error_answer(exc))
 
 
+async def _state_dir_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StateDirError)
+    details = {"path": f".loki/{exc.path}"}
+    if isinstance(exc, StorageUnavailable):
+        message = f"Storage unavailable: cannot write .loki/{exc.path}: {exc.reason}"
+        return error_response(503, message, "STORAGE_UNAVAILABLE", details)
+    message = f"Cannot use .loki/{exc.path}: {exc.reason}"
+    return error_response(409, message, "CONFLICT", details)
+
+
 _HTTP_MESSAGES = {
     404: "Not found",
     405: "Method not allowed",
@@ -194,6 +210,7 @@ def exception_handlers(debug: bool) -> dict[Any, Handler]:
     return {
         HttpError: _http_error,
         SessionError: _session_error,
+        StateDirError: _state_dir_error,
         HTTPException: _starlette_http_error,
         Exception: _unexpected,
     }

@@ -29,6 +29,7 @@ from .settings import Settings
 from .state import StateStore, valid_session_id
 from .state.heartbeat import run_heartbeat
 from .state.snapshot import SnapshotDir
+from .statedir import STORAGE_KEY, StateDir, StorageUnavailable
 from .tally import HttpTally
 from .watcher import StateWatcher
 
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 # Seconds between saves of changed sessions' snapshots (what a restart diffs against).
 SNAPSHOT_INTERVAL = 0.25
+# Seconds between write probes while storage is failing (recovery needs no restart).
+STORAGE_RETRY = 1.0
 
 # A readiness check answers None when healthy, else a one-line reason.
 Check = Callable[[], str | None]
@@ -54,6 +57,8 @@ class Runtime:
         # Problems that make `/health` degraded (and some `/health/ready` fail).
         self.health = HealthProblems()
         self.checks: dict[str, Check] = {"stateDir": self.state_dir_writable}
+        # The one door to `.loki/` (SPEC §3.2); everything below reads and writes through it.
+        self.files = StateDir(settings.state_dir, settings.state_limits, self.health)
         self.node_id: str | None = None
         self.cluster_bus: ClusterBus | None = None
         self.registry: Registry | None = None
@@ -63,18 +68,18 @@ class Runtime:
             from .cluster.bus import ClusterBus  # nats-py is only needed in cluster mode
             from .cluster.node import resolve_node_id
 
-            self.node_id = resolve_node_id(settings)
+            self.node_id = resolve_node_id(settings, self.files)
             self.bus = self.cluster_bus = ClusterBus(settings, self.node_id, self.health)
         else:
             self.bus = EventBus(history=settings.history, max_pending=settings.max_pending)
-        self.store = StateStore(settings, self.bus)
+        self.store = StateStore(settings, self.bus, self.files)
         if self.cluster_bus is not None and self.node_id is not None:
             from .cluster.forward import Forwarder
             from .cluster.registry import Registry
 
             self.registry = Registry(self, self.node_id)
             self.forwarder = Forwarder(self, self.node_id)
-        self.snapshots = SnapshotDir(settings.events_dir / "snapshots")
+        self.snapshots = SnapshotDir(self.files)
         self.sessions = SessionManager(settings, self.store, self.bus, health=self.health)
         # Output growth wakes the supervisors through inotify on the loop when it
         # can, else through the state watcher.
@@ -95,19 +100,13 @@ class Runtime:
     async def run(self) -> AsyncIterator[None]:
         settings = self.settings
         if not settings.clustered:  # in a cluster the JetStream stream is the durable log
-            try:
-                event_log = EventLog(settings.events_dir, max_bytes=settings.event_log_bytes)
-            except OSError as exc:
-                raise RuntimeError(f"cannot use state dir {settings.state_dir}: {exc}") from exc
-            self.bus.attach_log(event_log)
+            # Never fatal (SPEC §3.2): whatever `.loki/` holds, the server starts and
+            # `/health` tells what is wrong.
+            self.bus.attach_log(EventLog(self.files, max_bytes=settings.event_log_bytes))
         self.bus.bind_loop()
-        try:
-            snapshots = self.snapshots.load_all() if self.snapshots.exists() else None
-            self.store.load(snapshots)
-            self.watcher.saved_log_positions = saved_log_positions(settings, snapshots)
-            self.snapshots.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RuntimeError(f"cannot read sessions in {settings.sessions_dir}: {exc}") from exc
+        snapshots = self.snapshots.load_all() if self.snapshots.exists() else None
+        self.store.load(snapshots)
+        self.watcher.saved_log_positions = saved_log_positions(settings, snapshots)
         self.started_at = time.monotonic()
         try:
             async with anyio.create_task_group() as tg:
@@ -123,6 +122,7 @@ class Runtime:
                 await tg.start(self.watcher.run)
                 tg.start_soon(run_heartbeat, self.store, self.bus, settings.heartbeat)
                 tg.start_soon(self._save_snapshots)
+                tg.start_soon(self._recover_storage)
                 yield
                 tg.cancel_scope.cancel()
         finally:
@@ -133,6 +133,14 @@ class Runtime:
         while True:
             await anyio.sleep(SNAPSHOT_INTERVAL)
             self.save_snapshots()
+
+    async def _recover_storage(self) -> None:
+        """While writes fail, probe every second; once one works, write what waited."""
+        while True:
+            await anyio.sleep(STORAGE_RETRY)
+            if self.health.get(STORAGE_KEY) is not None and self.files.probe() is None:
+                self.bus.flush()
+                self.save_snapshots()
 
     def save_snapshots(self) -> None:
         """Write the snapshot of every session that changed since the last save."""
@@ -149,7 +157,8 @@ class Runtime:
                     self.snapshots.save(session_id, snapshot)
             except OSError as exc:
                 self.snapshot_write_errors += 1
-                log.warning("cannot save the state snapshot of %s: %s", session_id, exc)
+                if not isinstance(exc, StorageUnavailable):  # that one is on /health already
+                    log.warning("cannot save the state snapshot of %s: %s", session_id, exc)
                 self.store.changed.add(session_id)
 
     async def _keepalive(self) -> None:
@@ -203,15 +212,12 @@ class Runtime:
         return self.sessions.cli_problem()
 
     def state_dir_writable(self) -> str | None:
-        """None when the state dir can be written, else why not."""
-        probe = self.settings.state_dir / ".probe"
-        try:
-            self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            return str(exc)
-        return None
+        """None when the state dir is usable, else why not.
+
+        A full or read-only disk is not "unusable": the probe reports it as the
+        `storage` problem (degraded, not ready) instead.
+        """
+        return self.files.probe()
 
 
 def saved_log_positions(

@@ -109,7 +109,9 @@ def run(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM. Returns the process exit code."""
     configure_logging(settings.log_level, settings.log_format)
     try:
-        settings.events_dir.mkdir(parents=True, exist_ok=True)
+        # Only `.loki/` itself must exist; what is (or is not) inside it never stops
+        # the server (SPEC §3.2).
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         print(
             f"loki serve: error: cannot create state dir {settings.state_dir}: {exc}",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .statedir import Limits
 
 DEFAULT_PORT = 8420
 LOG_FORMATS = ("text", "json")
@@ -68,6 +71,22 @@ class Settings:
     trust_loopback: bool = True
     # Extra `Host` values (names, or name:port) trusted for loopback peers (DNS-rebinding guard).
     allowed_hosts: tuple[str, ...] = ()
+    # Caps on what is read from `.loki/` (SPEC §3.2): bytes of one document
+    # (`--max-state-file`), characters of one string, tasks per document / events per
+    # change, JSON nesting.
+    max_state_file: int = Limits.max_file
+    max_state_string: int = Limits.max_string
+    max_state_items: int = Limits.max_items
+    max_state_depth: int = Limits.max_depth
+
+    @property
+    def state_limits(self) -> Limits:
+        return Limits(
+            max_file=self.max_state_file,
+            max_string=self.max_state_string,
+            max_items=self.max_state_items,
+            max_depth=self.max_state_depth,
+        )
 
     @property
     def state_dir(self) -> Path:
@@ -129,6 +148,19 @@ def env_int(env: Mapping[str, str], name: str) -> int | None:
         return int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
+
+
+SIZE = re.compile(r"^\s*(\d+)\s*(?:([kmg])(?:i?b)?|b)?\s*$", re.IGNORECASE)
+SIZE_UNITS = {None: 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(raw: str, name: str) -> int:
+    """A byte count: `8388608`, `512K`, `8M`, `8MiB`, `1G` (binary units)."""
+    match = SIZE.match(raw)
+    if match is None:
+        raise SettingsError(f"{name} must be a size such as 8388608, 512K or 8M, not {raw!r}")
+    unit = match.group(2).lower() if match.group(2) else None
+    return int(match.group(1)) * SIZE_UNITS[unit]
 
 
 def env_float(env: Mapping[str, str], name: str) -> float | None:

@@ -17,7 +17,7 @@
           ├── ValidationError           422 VALIDATION_ERROR
           ├── RateLimited               429 RATE_LIMITED (+ retry_after)
           └── ServerError               5xx INTERNAL_ERROR, CLI_ERROR, NOT_IMPLEMENTED
-               └── ServiceUnavailable   503 SERVICE_UNAVAILABLE
+               └── ServiceUnavailable   503 SERVICE_UNAVAILABLE, STORAGE_UNAVAILABLE
                     └── ProviderNotAvailable  503 PROVIDER_NOT_AVAILABLE
 
 httpx's exceptions never escape: the clients translate them here, once, with
@@ -196,6 +196,7 @@ _BY_CODE: dict[str, type[LokiApiError]] = {
     "CLI_ERROR": ServerError,
     "NOT_IMPLEMENTED": ServerError,
     "SERVICE_UNAVAILABLE": ServiceUnavailable,
+    "STORAGE_UNAVAILABLE": ServiceUnavailable,
     "PROVIDER_NOT_AVAILABLE": ProviderNotAvailable,
 }
 

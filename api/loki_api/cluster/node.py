@@ -10,8 +10,8 @@ import logging
 import re
 import secrets
 
-from ..atomic import write_atomically
 from ..settings import Settings
+from ..statedir import StateDir
 
 log = logging.getLogger(__name__)
 
@@ -19,23 +19,20 @@ NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 FILE_NAME = "node-id"
 
 
-def resolve_node_id(settings: Settings) -> str:
+def resolve_node_id(settings: Settings, files: StateDir | None = None) -> str:
     if settings.node_id is not None:
         return settings.node_id
-    path = settings.state_dir / FILE_NAME
-    try:
-        kept = path.read_bytes()[:128].decode(errors="replace").strip()
+    files = files or StateDir(settings.state_dir)
+    # Through the state dir's door: a symlink or FIFO planted as `node-id` is skipped.
+    raw = files.read(FILE_NAME, cap=128)
+    if raw is not None:
+        kept = raw.decode(errors="replace").strip()
         if NODE_ID.fullmatch(kept):
             return kept
-        log.warning("ignoring %s: not a node id", path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("cannot read %s: %s", path, exc)
+        log.warning("ignoring .loki/%s: not a node id", FILE_NAME)
     node_id = f"node-{secrets.token_hex(4)}"
     try:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, node_id.encode() + b"\n")
+        files.write_atomic(FILE_NAME, node_id.encode() + b"\n")
     except OSError as exc:  # still a usable name for this run
-        log.warning("cannot keep the node id in %s: %s", path, exc)
+        log.warning("cannot keep the node id in .loki/%s: %s", FILE_NAME, exc)
     return node_id

@@ -1,16 +1,19 @@
-"""Control files and human input for a session directory (SPEC §5.3)."""
+"""Control files and human input for a session directory (SPEC §5.3).
+
+All through `StateDir`: a `PAUSE` or `HUMAN_INPUT.md` planted as a symlink is
+replaced (rename), never written through; one that is a directory makes the
+call fail with `UnusableEntry` (409 at the HTTP edge), never a 500.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import select
-import stat
 from pathlib import Path
 from typing import Literal
 
-from ..atomic import write_atomically
+from ..statedir import StateDir, UnusableEntry
 
 PAUSE_FILE = "PAUSE"
 STOP_FILE = "STOP"
@@ -18,22 +21,25 @@ HUMAN_INPUT_FILE = "HUMAN_INPUT.md"
 INPUT_FIFO = "input.fifo"
 
 
-def write_pause(session_dir: Path) -> None:
-    (session_dir / PAUSE_FILE).write_bytes(b"")
+def write_pause(files: StateDir, session_dir: Path) -> None:
+    files.write_atomic(session_dir / PAUSE_FILE, b"")
 
 
-def clear_pause(session_dir: Path) -> None:
+def clear_pause(files: StateDir, session_dir: Path) -> None:
     """Remove `PAUSE` and `STOP`, so the session carries on."""
     for name in (PAUSE_FILE, STOP_FILE):
-        with contextlib.suppress(FileNotFoundError):
-            (session_dir / name).unlink()
+        files.remove(session_dir / name)
 
 
-def stop_requested(session_dir: Path) -> bool:
-    return (session_dir / STOP_FILE).exists()
+def request_stop(files: StateDir, session_dir: Path) -> None:
+    files.write_atomic(session_dir / STOP_FILE, b"")
 
 
-def inject_input(session_dir: Path, text: str) -> Literal["fifo", "file"]:
+def stop_requested(files: StateDir, session_dir: Path) -> bool:
+    return files.exists(session_dir / STOP_FILE)
+
+
+def inject_input(files: StateDir, session_dir: Path, text: str) -> Literal["fifo", "file"]:
     """Hand `text` to the session; never blocks.
 
     Through `input.fifo` when the session created one and reads it (a write of
@@ -41,18 +47,15 @@ def inject_input(session_dir: Path, text: str) -> Literal["fifo", "file"]:
     appended to `HUMAN_INPUT.md`, atomically (temp file + rename).
     """
     data = (text if text.endswith("\n") else text + "\n").encode()
-    if len(data) <= select.PIPE_BUF and _write_fifo(session_dir / INPUT_FIFO, data):
+    if len(data) <= select.PIPE_BUF and _write_fifo(files, session_dir / INPUT_FIFO, data):
         return "fifo"
-    append_atomically(session_dir / HUMAN_INPUT_FILE, data)
+    append_atomically(files, session_dir / HUMAN_INPUT_FILE, data)
     return "file"
 
 
-def _write_fifo(path: Path, data: bytes) -> bool:
-    try:
-        if not stat.S_ISFIFO(os.lstat(path).st_mode):
-            return False
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-    except OSError:  # ENOENT: no fifo; ENXIO: nobody reads it
+def _write_fifo(files: StateDir, path: Path, data: bytes) -> bool:
+    fd = files.open_fifo(path)  # None: no fifo, a symlink, or nobody reads it
+    if fd is None:
         return False
     try:
         return os.write(fd, data) == len(data)
@@ -64,12 +67,13 @@ def _write_fifo(path: Path, data: bytes) -> bool:
         os.close(fd)
 
 
-def append_atomically(path: Path, data: bytes) -> None:
+def append_atomically(files: StateDir, path: Path, data: bytes) -> None:
     """`path` gains `data` at its end; readers see the old file or the new one."""
-    try:
-        existing = path.read_bytes()
-    except FileNotFoundError:
-        existing = b""
+    existing = files.read(path)
+    if existing is None:
+        if files.is_file(path):  # there, but over the size cap: never drop what it holds
+            raise UnusableEntry(errno.EFBIG, "over the size cap", files.relative(path))
+        existing = b""  # missing, or a symlink / special file: replaced
     if existing and not existing.endswith(b"\n"):
         existing += b"\n"
-    write_atomically(path, existing + data)
+    files.write_atomic(path, existing + data)

@@ -33,6 +33,8 @@ from functools import partial
 from pathlib import Path
 from types import FrameType
 
+from loki_api.statedir import StateDir
+
 from . import cgroups
 from .containment import become_subreaper, descendants, signal_descendants
 
@@ -43,9 +45,13 @@ POLL = 0.01
 
 
 def record_exit(exit_file: Path, code: int) -> None:
-    tmp = exit_file.with_name(f".{exit_file.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"exitCode": code}))
-    os.replace(tmp, exit_file)
+    # EXIT_FILE is `.loki/sessions/<id>/exit.json`: written through the state dir's
+    # door, so a session that swapped its directory for a symlink cannot redirect it.
+    try:
+        data = json.dumps({"exitCode": code}).encode()
+        StateDir(exit_file.parents[2]).write_atomic(exit_file, data)
+    except OSError as exc:  # the server then reports the exit as unknown
+        print(f"cannot record the exit code in {exit_file}: {exc}", file=sys.stderr, flush=True)
 
 
 def _pass_on(signum: int, frame: FrameType | None) -> None:

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import time
@@ -36,6 +35,7 @@ from ..health_problems import HealthProblems
 from ..models import LogEventData, Session, SessionCounts
 from ..settings import Settings
 from ..state import SessionState, StateStore, valid_session_id
+from ..statedir import StateDir, StateDirError
 from ..tally import OutputTally
 from . import cgroups, control
 from .cli_resolution import CliCommand, resolve_cli
@@ -102,11 +102,13 @@ class Supervised:
         pgid: int,
         proc: subprocess.Popen[bytes] | None,
         *,
+        files: StateDir,
         from_end: bool = False,
         offsets: dict[str, int] | None = None,
         cgroup: Path | None = None,
     ) -> None:
         self.id = session_id
+        self.files = files
         self.dir = directory
         self.output_dir = output_dir
         self.pgid = pgid
@@ -120,6 +122,7 @@ class Supervised:
                 stream,
                 from_end=from_end,  # type: ignore[arg-type]
                 offset=offsets.get(name),
+                files=files,
             )
             for name, stream in ((STDOUT_FILE, "stdout"), (STDERR_FILE, "stderr"))
         ]
@@ -147,15 +150,17 @@ class Supervised:
 
         The durable log's positions (written with the events) are the exact
         ones; this file is the fallback when the log has none (cluster mode, or
-        a position rotated out of the log).
+        a position rotated out of the log). A failed write is retried at the next
+        save (a full disk is on /health already).
         """
         path = self.dir / SUPERVISOR_FILE
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError):
-            doc = {}
+        doc = read_supervisor(self.files, self.dir)
         doc["offsets"] = self.positions()
-        control.write_atomically(path, json.dumps(doc).encode())
+        try:
+            self.files.write_atomic(path, json.dumps(doc).encode())
+        except OSError as exc:
+            log.debug("cannot save the output offsets of %s: %s", self.id, exc)
+            return
         self.offsets_saved_at = time.monotonic()
 
     def exited(self) -> tuple[bool, int | None]:
@@ -165,7 +170,7 @@ class Supervised:
             return (False, None) if code is None else (True, exit_status(code))
         if process_alive(self.pgid):
             return (False, None)
-        return (True, recorded_exit_code(self.dir))
+        return (True, recorded_exit_code(self.dir, self.files))
 
     def leader_running(self) -> bool:
         return not self.exited()[0]
@@ -179,26 +184,31 @@ class Supervised:
         )
 
 
-def recorded_cgroup(directory: Path, session_id: str) -> Path | None:
+def recorded_cgroup(files: StateDir, directory: Path, session_id: str) -> Path | None:
     """The session's cgroup as `supervisor.json` names it (checked: the session may write it)."""
+    return cgroups.recorded(read_supervisor(files, directory).get("cgroup"), session_id)
+
+
+def read_supervisor(files: StateDir, directory: Path) -> dict[str, Any]:
+    """`supervisor.json` of a session (empty when missing or unusable)."""
+    raw = files.read(directory / SUPERVISOR_FILE, json=True)
     try:
-        doc = json.loads((directory / SUPERVISOR_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return cgroups.recorded(doc.get("cgroup"), session_id) if isinstance(doc, dict) else None
+        doc = json.loads(raw) if raw is not None else {}
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
-def saved_offsets(directory: Path) -> dict[str, int]:
+def saved_offsets(files: StateDir, directory: Path) -> dict[str, int]:
     """Output offsets a previous server saved, consumed so they are used once."""
-    path = directory / SUPERVISOR_FILE
+    doc = read_supervisor(files, directory)
+    offsets = doc.pop("offsets", None)
+    if not isinstance(offsets, dict):
+        return {}
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    offsets = doc.pop("offsets", None) if isinstance(doc, dict) else None
-    if offsets is None:
-        return {}
-    control.write_atomically(path, json.dumps(doc).encode())
+        files.write_atomic(directory / SUPERVISOR_FILE, json.dumps(doc).encode())
+    except OSError as exc:
+        log.warning("cannot update .loki/%s: %s", files.relative(directory / SUPERVISOR_FILE), exc)
     return {
         name: value
         for name, value in offsets.items()
@@ -222,6 +232,7 @@ class SessionManager:
         self.store = store
         self.bus = bus
         self.cli = cli if cli is not None else resolve_cli(settings)
+        self.files = store.files
         self._supervised: dict[str, Supervised] = {}
         self._tg: TaskGroup | None = None
         # For /metrics: start attempts by (provider, outcome); output of ended supervisors.
@@ -294,26 +305,32 @@ class SessionManager:
             record = state.record
             if record.status not in ACTIVE_STATUSES or state.id in self._supervised:
                 continue
-            if not (state.dir / SUPERVISOR_FILE).exists():
+            if not self.files.is_file(state.dir / SUPERVISOR_FILE):
                 continue  # someone else runs it; not ours to judge
             pid = record.pid if record.pid and runs_session(record.pid, state.id) else None
             pid = pid or find_session_process(state.id)
             self.store.adopt(state.id)
-            cgroup = recorded_cgroup(state.dir, state.id)
+            cgroup = recorded_cgroup(self.files, state.dir, state.id)
             if pid is None:
                 self._end_leftovers(state.id, cgroup)  # if its launcher was killed
                 offsets = self._resume_offsets(state.id, state.dir)
                 if offsets:
                     # Publish what it printed after the last saved position, before it ended.
                     ended = Supervised(
-                        state.id, state.dir, self._output_of(state.id), 0, None, offsets=offsets
+                        state.id,
+                        state.dir,
+                        self._output_of(state.id),
+                        0,
+                        None,
+                        files=self.files,
+                        offsets=offsets,
                     )
                     self._drain(ended)  # closes its tails
                     self._count_output(ended)
-                code = recorded_exit_code(state.dir)
+                code = recorded_exit_code(state.dir, self.files)
                 status = (
                     "stopped"
-                    if record.status == "stopping" or control.stop_requested(state.dir)
+                    if record.status == "stopping" or control.stop_requested(self.files, state.dir)
                     else "completed"
                     if code == 0
                     else "failed"
@@ -335,6 +352,7 @@ class SessionManager:
                 self._output_of(state.id),
                 pid,
                 None,
+                files=self.files,
                 from_end=True,
                 offsets=self._resume_offsets(state.id, state.dir),
                 cgroup=cgroup,
@@ -352,7 +370,7 @@ class SessionManager:
         before any client got them); `supervisor.json`'s is the fallback.
         Offsets only grow, so the larger one is the later one.
         """
-        offsets = saved_offsets(directory)
+        offsets = saved_offsets(self.files, directory)
         for name, offset in self.bus.output_position(session_id).items():
             if name in OUTPUT_FILES and offset >= offsets.get(name, 0):
                 offsets[name] = offset
@@ -426,7 +444,11 @@ class SessionManager:
                 exit_file=state.dir / EXIT_FILE,
                 grace=self.settings.stop_grace,
                 cgroup=cgroup,
+                files=self.files,
             )
+        except StateDirError:  # storage full, or a planted entry: 503 / 409 at the edge
+            self.store.update_record(session_id, status="failed")
+            raise
         except OSError as exc:
             if cgroup is not None:
                 cgroups.remove(cgroup)
@@ -437,9 +459,14 @@ class SessionManager:
         supervisor = {"pid": proc.pid, "server": os.getpid(), "argv": argv}
         if cgroup is not None:
             supervisor["cgroup"] = str(cgroup)  # a successor server can still end it all
-        (state.dir / SUPERVISOR_FILE).write_text(json.dumps(supervisor))
+        try:
+            self.files.write_atomic(state.dir / SUPERVISOR_FILE, json.dumps(supervisor).encode())
+        except OSError as exc:  # it runs: supervise it anyway; a successor will not re-adopt it
+            log.warning("session %s: cannot write %s: %s", session_id, SUPERVISOR_FILE, exc)
         log.info("session %s started: pid %d: %s", session_id, proc.pid, " ".join(argv))
-        sup = Supervised(session_id, state.dir, output_dir, proc.pid, proc, cgroup=cgroup)
+        sup = Supervised(
+            session_id, state.dir, output_dir, proc.pid, proc, cgroup=cgroup, files=self.files
+        )
         sup.save_offsets()  # a successor after SIGKILL reads from here, not from the end
         self._watch(sup)
         if timeout is not None:
@@ -452,12 +479,14 @@ class SessionManager:
         if state.record.status not in ("starting", "running", "paused"):
             raise WrongState(f"Session {session_id} is not running (status: {state.record.status})")
         sup = self._supervised.get(session_id)
+        if sup is None:
+            # Not ours (or its process is gone): ask it through the STOP file (first:
+            # if that cannot be written, nothing changed).
+            control.request_stop(self.files, state.dir)
         record = self.store.update_record(session_id, status="stopping")
         if sup is not None:
             self._begin_stop(sup)
         else:
-            # Not ours (or its process is gone): ask it through the STOP file.
-            (state.dir / control.STOP_FILE).write_bytes(b"")
             if not (record.pid and process_alive(record.pid)):
                 record = self.store.update_record(session_id, status="stopped")
         return record
@@ -466,14 +495,14 @@ class SessionManager:
         state = self._session(session_id)
         if state.record.status != "running":
             raise WrongState(f"Session {session_id} is not running (status: {state.record.status})")
-        control.write_pause(state.dir)
+        control.write_pause(self.files, state.dir)
         return self.store.update_record(session_id, status="paused")
 
     def resume(self, session_id: str) -> Session:
         state = self._session(session_id)
         if state.record.status != "paused":
             raise WrongState(f"Session {session_id} is not paused (status: {state.record.status})")
-        control.clear_pause(state.dir)
+        control.clear_pause(self.files, state.dir)
         return self.store.update_record(session_id, status="running")
 
     def inject_input(self, session_id: str, text: str, context: str | None = None) -> str:
@@ -483,7 +512,7 @@ class SessionManager:
             raise WrongState(
                 f"Session {session_id} is not accepting input (status: {state.record.status})"
             )
-        how = control.inject_input(state.dir, text)
+        how = control.inject_input(self.files, state.dir, text)
         preview = text[:50] + ("..." if len(text) > 50 else "")
         self.bus.publish(
             "log:info",
@@ -507,10 +536,11 @@ class SessionManager:
             record.status in ACTIVE_STATUSES and (record.pid is None or process_alive(record.pid))
         ):
             raise WrongState(f"Session {session_id} is still running; stop it first")
-        self._end_leftovers(session_id, recorded_cgroup(state.dir, session_id))
+        self._end_leftovers(session_id, recorded_cgroup(self.files, state.dir, session_id))
+        # Files first: if they cannot be removed (read-only disk), the session stays.
+        self.files.remove_tree(state.dir)
+        self.files.remove_tree(self._output_of(session_id))
         self.store.remove(session_id)
-        shutil.rmtree(state.dir, ignore_errors=True)
-        shutil.rmtree(self._output_of(session_id), ignore_errors=True)
 
     # ------------------------------------------------------------------- queries
 
@@ -564,7 +594,7 @@ class SessionManager:
     def _output_of(self, session_id: str) -> Path:
         output = self.settings.output_dir / session_id
         legacy = self.settings.sessions_dir / session_id
-        if not output.exists() and (legacy / STDOUT_FILE).exists():
+        if not self.files.exists(output) and self.files.is_file(legacy / STDOUT_FILE):
             return legacy  # started by a server from before output moved out of sessions/
         return output
 
@@ -754,7 +784,11 @@ class SessionManager:
         state = self.store.get(sup.id)
         if state is None:
             return
-        if sup.stopping or state.record.status == "stopping" or control.stop_requested(sup.dir):
+        if (
+            sup.stopping
+            or state.record.status == "stopping"
+            or control.stop_requested(self.files, sup.dir)
+        ):
             status = "stopped"
         elif code == 0:
             status = "completed"

@@ -88,7 +88,9 @@ class OutputWatch:
         if self._inotify is None:
             return False
         try:
-            wd = self._inotify.add_watch(os.fspath(directory), flags.MODIFY | flags.CLOSE_WRITE)
+            # DONT_FOLLOW: a session that swaps its output dir for a symlink gets no watch.
+            mask = flags.MODIFY | flags.CLOSE_WRITE | flags.DONT_FOLLOW
+            wd = self._inotify.add_watch(os.fspath(directory), mask)
         except OSError as exc:
             log.debug("cannot watch %s for output (%s); polling it", directory, exc)
             return False

@@ -12,7 +12,6 @@ re-adopted session keeps streaming its output after a restart.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..models import Model
+from ..statedir import StateDir
 from .containment import marked
 from .output import LineSplitter, Stream, parse_line
 
@@ -49,25 +49,34 @@ def spawn(
     exit_file: Path | None = None,
     grace: float = 10.0,
     cgroup: Path | None = None,
+    files: StateDir | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` (never through a shell) in a new session / process group.
 
     Its output goes to `output_dir`. It runs under `launcher`, which records its
     exit code in `exit_file` (default: `output_dir/exit.json`), ends what it
     leaves running (SIGKILL `grace` seconds after SIGTERM) and runs it in
-    `cgroup` when given. Raises FileNotFoundError when `argv[0]` cannot be found.
+    `cgroup` when given. Raises FileNotFoundError when `argv[0]` cannot be found. The output
+    files are opened through `files` (default: rooted at `output_dir`'s parent),
+    never through a symlink.
     """
     if find_executable(argv[0], cwd, env) is None:
         raise FileNotFoundError(2, "No such executable file", argv[0])
     exit_file = exit_file or output_dir / EXIT_FILE
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        exit_file.unlink()
+    files = files or StateDir(output_dir.parent)
+    files.makedirs(output_dir)
+    files.remove(exit_file)
     launcher = [sys.executable, "-m", LAUNCHER_MODULE, "--grace", str(grace)]
     if cgroup is not None:
         launcher += ["--cgroup", str(cgroup)]
     launcher.append(str(exit_file))
-    with open(output_dir / STDOUT_FILE, "ab") as out, open(output_dir / STDERR_FILE, "ab") as err:
+    out = files.open_append(output_dir / STDOUT_FILE)
+    try:
+        err = files.open_append(output_dir / STDERR_FILE)
+    except OSError:
+        os.close(out)
+        raise
+    with open(out, "ab", closefd=True), open(err, "ab", closefd=True):
         return subprocess.Popen(
             [*launcher, *argv],
             cwd=cwd,
@@ -88,11 +97,13 @@ def find_executable(program: str, cwd: Path, env: Mapping[str, str]) -> str | No
     return shutil.which(program, path=env.get("PATH", os.defpath))
 
 
-def recorded_exit_code(directory: Path) -> int | None:
+def recorded_exit_code(directory: Path, files: StateDir | None = None) -> int | None:
     """The exit code the launcher recorded for a session, if it did."""
+    files = files or StateDir(directory.parent)
+    raw = files.read(directory / EXIT_FILE, json=True)
     try:
-        doc = json.loads((directory / EXIT_FILE).read_text())
-    except (OSError, ValueError):
+        doc = json.loads(raw) if raw is not None else None
+    except ValueError:
         return None
     code = doc.get("exitCode") if isinstance(doc, dict) else None
     return code if isinstance(code, int) and not isinstance(code, bool) else None
@@ -107,9 +118,19 @@ class OutputTail:
     """Follows one output file from an offset, turning new lines into events."""
 
     def __init__(
-        self, path: Path, stream: Stream, *, from_end: bool = False, offset: int | None = None
+        self,
+        path: Path,
+        stream: Stream,
+        *,
+        from_end: bool = False,
+        offset: int | None = None,
+        files: StateDir | None = None,
     ) -> None:
-        """Follow `path` from its start, its end (`from_end`) or a byte `offset`."""
+        """Follow `path` from its start, its end (`from_end`) or a byte `offset`.
+
+        Opened through `files` (default: rooted at the file's directory): a symlink
+        or special file there is never read.
+        """
         self.path = path
         self.stream = stream
         self.splitter = LineSplitter()
@@ -117,8 +138,11 @@ class OutputTail:
         self.bytes = 0  # bytes read
         self._file = None
         self._closed_at: int | None = None  # `position` once closed
+        fd = (files or StateDir(path.parent)).open_read(path)
+        if fd is None:
+            return
         try:
-            self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+            self._file = open(fd, "rb", buffering=0)  # noqa: SIM115 - closed by close()
             if offset is not None:
                 self._file.seek(min(offset, os.fstat(self._file.fileno()).st_size))
             elif from_end:

@@ -5,7 +5,9 @@ Every decoder takes the raw bytes of one file and returns a typed value, or
 the wrong top-level shape). Unknown fields are ignored; a field with the wrong
 type is dropped (with a debug log line) instead of failing the whole document.
 Nothing here raises on bad input: a bad file is skipped and read again on its
-next change.
+next change. Strings are cut at `Limits.max_string` characters and a document
+yields at most `Limits.max_items` tasks or agents (the rest counted and logged);
+the bytes arrive already checked for size and nesting (`statedir.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from typing import Any
 import msgspec
 
 from ..models import SESSION_STATUSES, TASK_STATUSES, Agent, Session, Task
+from ..statedir import Limits, cut, json_shape_problem
+
+DEFAULT_LIMITS = Limits()
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +54,25 @@ class PhaseDoc(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def parse_json(raw: bytes, what: str) -> Any:
-    """Decode JSON, or None (logged at debug) when the bytes are not valid JSON."""
+    """Decode JSON, or None (logged at debug) when the bytes are not valid JSON.
+
+    The bytes come through `StateDir.read(json=True)` (or `shape_ok`), which
+    rejects documents nested too deep or holding too many values before they
+    get here; the RecursionError guard is only a last line of defence.
+    """
     try:
         return msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         log.debug("skipping %s: not valid JSON (%s)", what, exc)
         return None
+
+
+def shape_ok(raw: bytes, what: str, limits: Limits = DEFAULT_LIMITS) -> bool:
+    """True when `raw` may be decoded (for bytes that did not come from `StateDir.read`)."""
+    problem = json_shape_problem(raw, limits.max_depth, limits.max_values)
+    if problem is not None:
+        log.warning("skipping %s: %s", what, problem)
+    return problem is None
 
 
 # ------------------------------------------------------------------ field pickers
@@ -89,11 +107,17 @@ def _ident(value: Any) -> str | None:
     return None
 
 
-def _pick(doc: dict[str, Any], fields: dict[str, tuple[str, Any]], what: str) -> dict[str, Any]:
+def _pick(
+    doc: dict[str, Any],
+    fields: dict[str, tuple[str, Any]],
+    what: str,
+    max_string: int = DEFAULT_LIMITS.max_string,
+) -> dict[str, Any]:
     """Keyword arguments for a Struct from the wire fields of `doc` whose values fit.
 
     `fields` maps wire name → (python name, converter); a converter returns None
-    for a value it cannot use, and that field is left at its default.
+    for a value it cannot use, and that field is left at its default. Strings
+    are cut at `max_string` characters.
     """
     picked: dict[str, Any] = {}
     for wire, (name, convert) in fields.items():
@@ -102,8 +126,10 @@ def _pick(doc: dict[str, Any], fields: dict[str, tuple[str, Any]], what: str) ->
             continue
         converted = convert(value)
         if converted is None:
-            log.debug("%s: ignoring %s=%r (wrong type)", what, wire, value)
+            log.debug("%s: ignoring %s (wrong type %s)", what, wire, type(value).__name__)
             continue
+        if isinstance(converted, str):
+            converted = cut(converted, max_string)
         picked[name] = converted
     return picked
 
@@ -124,7 +150,9 @@ _SESSION_FIELDS: dict[str, tuple[str, Any]] = {
 }
 
 
-def decode_session_fields(raw: bytes, session_id: str) -> dict[str, Any] | None:
+def decode_session_fields(
+    raw: bytes, session_id: str, limits: Limits = DEFAULT_LIMITS
+) -> dict[str, Any] | None:
     """`session.json` → the `Session` fields it sets (snake_case), usable ones only.
 
     A status outside `SESSION_STATUSES` is ignored like any other bad value.
@@ -135,7 +163,7 @@ def decode_session_fields(raw: bytes, session_id: str) -> dict[str, Any] | None:
         if doc is not None:
             log.debug("skipping %s: expected an object, got %s", what, type(doc).__name__)
         return None
-    fields = _pick(doc, _SESSION_FIELDS, what)
+    fields = _pick(doc, _SESSION_FIELDS, what, limits.max_string)
     if "status" in fields:
         status = fields["status"].strip().lower()
         if status in SESSION_STATUSES:
@@ -145,9 +173,9 @@ def decode_session_fields(raw: bytes, session_id: str) -> dict[str, Any] | None:
     return fields
 
 
-def decode_session(raw: bytes, session_id: str) -> Session | None:
+def decode_session(raw: bytes, session_id: str, limits: Limits = DEFAULT_LIMITS) -> Session | None:
     """`session.json` → `Session`. The directory name is the id, whatever the file says."""
-    fields = decode_session_fields(raw, session_id)
+    fields = decode_session_fields(raw, session_id, limits)
     return None if fields is None else Session(id=session_id, **fields)
 
 
@@ -177,7 +205,14 @@ def normalise_task_status(value: Any) -> str:
     return status if status in TASK_STATUSES else "pending"
 
 
-def normalise_task(doc: dict[str, Any], index: int, session_id: str, *, created_at: str) -> Task:
+def normalise_task(
+    doc: dict[str, Any],
+    index: int,
+    session_id: str,
+    *,
+    created_at: str,
+    max_string: int = DEFAULT_LIMITS.max_string,
+) -> Task:
     """One task object → `Task` (SPEC §3.1). A missing id becomes `task-<index>`.
 
     Every key of the original API's Task is set (SPEC §6): what the object lacks is
@@ -194,17 +229,33 @@ def normalise_task(doc: dict[str, Any], index: int, session_id: str, *, created_
         "output": None,
         "error": None,
     }
-    fields.update(_pick(doc, _TASK_FIELDS, f"{session_id}/{TASKS_FILE}"))
+    fields.update(_pick(doc, _TASK_FIELDS, f"{session_id}/{TASKS_FILE}", max_string))
     return Task(
-        id=_ident(doc.get("id")) or f"task-{index}",
-        title=title,
+        id=cut(_ident(doc.get("id")) or f"task-{index}", max_string),
+        title=cut(title, max_string),
         status=normalise_task_status(doc.get("status")),
         session_id=session_id,
         **fields,
     )
 
 
-def decode_tasks(raw: bytes, session_id: str, *, created_at: str) -> list[Task] | None:
+def _capped(items: list[Any], limits: Limits, what: str, kind: str) -> list[Any]:
+    """The first `max_items` entries; the rest counted in a warning."""
+    if len(items) <= limits.max_items:
+        return items
+    log.warning(
+        "%s: %d %s beyond the cap of %d ignored",
+        what,
+        len(items) - limits.max_items,
+        kind,
+        limits.max_items,
+    )
+    return items[: limits.max_items]
+
+
+def decode_tasks(
+    raw: bytes, session_id: str, *, created_at: str, limits: Limits = DEFAULT_LIMITS
+) -> list[Task] | None:
     """`tasks.json` (`{"tasks": [...]}` or a bare list) → normalised tasks.
 
     Entries that are not objects are skipped; of two tasks with one id the last wins.
@@ -218,11 +269,13 @@ def decode_tasks(raw: bytes, session_id: str, *, created_at: str) -> list[Task] 
             log.debug("skipping %s: no list of tasks", what)
         return None
     tasks: dict[str, Task] = {}
-    for index, item in enumerate(items):
+    for index, item in enumerate(_capped(items, limits, what, "tasks")):
         if not isinstance(item, dict):
             log.debug("%s: skipping entry %d (not an object)", what, index)
             continue
-        task = normalise_task(item, index, session_id, created_at=created_at)
+        task = normalise_task(
+            item, index, session_id, created_at=created_at, max_string=limits.max_string
+        )
         tasks.pop(task.id, None)
         tasks[task.id] = task
     return list(tasks.values())
@@ -231,7 +284,7 @@ def decode_tasks(raw: bytes, session_id: str, *, created_at: str) -> list[Task] 
 # -------------------------------------------------------------------------- phase
 
 
-def decode_phase(raw: bytes, session_id: str) -> PhaseDoc | None:
+def decode_phase(raw: bytes, session_id: str, limits: Limits = DEFAULT_LIMITS) -> PhaseDoc | None:
     """`phase.json` → `PhaseDoc`."""
     what = f"{session_id}/{PHASE_FILE}"
     doc = parse_json(raw, what)
@@ -248,6 +301,7 @@ def decode_phase(raw: bytes, session_id: str) -> PhaseDoc | None:
                 "progress": ("progress", _number),
             },
             what,
+            limits.max_string,
         )
     )
 
@@ -262,7 +316,9 @@ _AGENT_FIELDS: dict[str, tuple[str, Any]] = {
 }
 
 
-def decode_agents(raw: bytes, session_id: str) -> list[Agent] | None:
+def decode_agents(
+    raw: bytes, session_id: str, limits: Limits = DEFAULT_LIMITS
+) -> list[Agent] | None:
     """`agents.json` (`{"active": [...]}` or a bare list) → agents, in file order.
 
     Agents without an id are skipped: without one they cannot be told apart
@@ -276,12 +332,13 @@ def decode_agents(raw: bytes, session_id: str) -> list[Agent] | None:
             log.debug("skipping %s: no list of agents", what)
         return None
     agents: dict[str, Agent] = {}
-    for index, item in enumerate(items):
+    for index, item in enumerate(_capped(items, limits, what, "agents")):
         agent_id = _ident(item.get("id")) if isinstance(item, dict) else None
         if agent_id is None:
             log.debug("%s: skipping entry %d (not an object with an id)", what, index)
             continue
-        agents[agent_id] = Agent(id=agent_id, **_pick(item, _AGENT_FIELDS, what))
+        agent_id = cut(agent_id, limits.max_string)
+        agents[agent_id] = Agent(id=agent_id, **_pick(item, _AGENT_FIELDS, what, limits.max_string))
     return list(agents.values())
 
 
@@ -296,7 +353,7 @@ def agent_failed(agent: Agent) -> bool:
 # -------------------------------------------------------------------------- state
 
 
-def decode_current_session(raw: bytes) -> str | None:
+def decode_current_session(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> str | None:
     """`.loki/state.json` → its `currentSession`, if it names one."""
     doc = parse_json(raw, STATE_FILE)
     if not isinstance(doc, dict):

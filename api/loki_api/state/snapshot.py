@@ -12,48 +12,49 @@ written atomically, only for sessions that changed, a few times a second.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from ..atomic import write_atomically
+from ..statedir import StateDir
 
 log = logging.getLogger(__name__)
 
+DIRECTORY = "events/snapshots"
 SUFFIX = ".json"
+# A snapshot holds a session's four documents as JSON text: each at most the
+# document cap, and up to 6 bytes per byte once escaped (`\u00XX`).
+DOCUMENTS_PER_SNAPSHOT = 4
+ESCAPED_BYTES = 6
 
 
 class SnapshotDir:
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    def __init__(self, files: StateDir) -> None:
+        self.files = files
+        self.directory = files.path(DIRECTORY)
+        self.cap = DOCUMENTS_PER_SNAPSHOT * ESCAPED_BYTES * files.limits.max_file + 1024 * 1024
 
     def exists(self) -> bool:
-        return self.directory.is_dir()
+        return self.files.is_dir(DIRECTORY)
 
     def load_all(self) -> dict[str, dict[str, Any]]:
         """Every session's snapshot by id; unreadable ones are skipped (and re-announced)."""
         snapshots: dict[str, dict[str, Any]] = {}
-        try:
-            paths = list(self.directory.glob(f"*{SUFFIX}"))
-        except OSError:
-            return snapshots
-        for path in paths:
+        for name in self.files.list(DIRECTORY, suffix=SUFFIX):
+            raw = self.files.read(f"{DIRECTORY}/{name}", cap=self.cap, json=True)
             try:
-                doc = msgspec.json.decode(path.read_bytes())
-            except (OSError, msgspec.DecodeError):
-                log.warning("skipping unreadable state snapshot %s", path)
-                continue
+                doc = msgspec.json.decode(raw) if raw is not None else None
+            except msgspec.DecodeError:
+                doc = None
             if isinstance(doc, dict):
-                snapshots[path.name[: -len(SUFFIX)]] = doc
+                snapshots[name[: -len(SUFFIX)]] = doc
+            else:
+                log.warning("skipping unreadable state snapshot %s", name)
         return snapshots
 
     def save(self, session_id: str, doc: dict[str, Any]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        write_atomically(self.directory / f"{session_id}{SUFFIX}", msgspec.json.encode(doc))
+        self.files.write_atomic(f"{DIRECTORY}/{session_id}{SUFFIX}", msgspec.json.encode(doc))
 
     def remove(self, session_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.directory / f"{session_id}{SUFFIX}").unlink()
+        self.files.remove(f"{DIRECTORY}/{session_id}{SUFFIX}")

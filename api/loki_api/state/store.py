@@ -22,11 +22,11 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from ..atomic import write_atomically
 from ..bus import EventBus, iso_timestamp
 from ..encoding import encode
 from ..models import Agent, PhaseEventData, Session, Task
 from ..settings import Settings
+from ..statedir import StateDir
 from . import diff
 from .announcements import Announcements
 from .diff import AgentLedger, Change
@@ -43,12 +43,14 @@ from .documents import (
     decode_session,
     decode_session_fields,
     decode_tasks,
+    shape_ok,
 )
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+SESSIONS = "sessions"
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 # Fields of session.json the child process owns; for a managed session the
@@ -59,21 +61,6 @@ CHILD_FIELDS = ("current_phase", "task_count", "completed_tasks")
 def valid_session_id(session_id: str) -> bool:
     """True when `session_id` may be joined into a path (SPEC §3)."""
     return SESSION_ID.fullmatch(session_id) is not None
-
-
-def _read(path: Path) -> bytes | None:
-    """The file's bytes, or None when it does not exist. Other OSErrors propagate."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def _mtime_iso(path: Path) -> str | None:
-    try:
-        return iso_timestamp(path.stat().st_mtime)
-    except OSError:
-        return None
 
 
 class SessionState:
@@ -131,9 +118,12 @@ class SessionState:
 class StateStore:
     """Sessions by id, fed by the server's own changes and by the state files."""
 
-    def __init__(self, settings: Settings, bus: EventBus) -> None:
+    def __init__(self, settings: Settings, bus: EventBus, files: StateDir | None = None) -> None:
         self.settings = settings
         self.bus = bus
+        # Every read and write under `.loki/` goes through this (SPEC §3.2).
+        self.files = files or StateDir(settings.state_dir, settings.state_limits)
+        self.limits = self.files.limits
         self.sessions_dir = settings.sessions_dir
         self._sessions: dict[str, SessionState] = {}
         self._sorted: list[SessionState] | None = None
@@ -190,20 +180,31 @@ class StateStore:
         (a task finished, a session completed or appeared or vanished) is
         published now.
         """
-        self.sessions_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.files.makedirs(SESSIONS)
+        except OSError as exc:
+            log.error("cannot create .loki/%s: %s", SESSIONS, exc)
         self._read_current_session()
         if snapshots is not None:
             for session_id, snapshot in snapshots.items():
                 if valid_session_id(session_id):
-                    self._restore(session_id, snapshot)
+                    self._guarded(self._restore, session_id, snapshot)
         on_disk: set[str] = set()
-        for directory in sorted(self.sessions_dir.iterdir()):
-            if directory.is_dir() and valid_session_id(directory.name):
-                on_disk.add(directory.name)
-                self._refresh(directory.name, publish=snapshots is not None)
+        for name in self.files.list(SESSIONS, dirs=True):
+            if valid_session_id(name):
+                on_disk.add(name)
+                self._guarded(self._refresh, name, publish=snapshots is not None)
         for session_id in [s for s in self._sessions if s not in on_disk]:
             self._session_file_removed(session_id)
         log.info("state store loaded %d session(s) from %s", len(self._sessions), self.sessions_dir)
+
+    def _guarded(self, read: Callable[..., None], session_id: str, *args: Any, **kw: Any) -> None:
+        """Read one session at start-up or rescan; whatever its files hold, never fatal."""
+        try:
+            read(session_id, *args, **kw)
+        except Exception as exc:
+            log.exception("skipping session %s: reading it failed", session_id)
+            self.files.reject(f"{SESSIONS}/{session_id}", f"reading it failed: {exc!r}")
 
     def snapshot_of(self, session_id: str) -> dict[str, Any] | None:
         """What a successor needs to diff this session against (None: forgotten)."""
@@ -224,7 +225,9 @@ class StateStore:
         if not isinstance(seen, dict) or not isinstance(seen.get(SESSION_FILE), str):
             return
         raw = seen[SESSION_FILE].encode("latin-1")
-        record = decode_session(raw, session_id)
+        if not shape_ok(raw, f"snapshot of {session_id}", self.limits):
+            return
+        record = decode_session(raw, session_id, self.limits)
         if record is None:
             return
         state = SessionState(session_id, self.sessions_dir / session_id, record)
@@ -234,7 +237,9 @@ class StateStore:
         for name in SESSION_FILES[1:]:
             text = seen.get(name)
             if isinstance(text, str):
-                self._apply(state, name, text.encode("latin-1"), publish=False)
+                doc = text.encode("latin-1")
+                if shape_ok(doc, f"snapshot of {session_id}/{name}", self.limits):
+                    self._apply(state, name, doc, publish=False)
         phase = snapshot.get("phase")
         state.phase = phase if isinstance(phase, str) else None
         last_event = snapshot.get("lastEvent")
@@ -247,15 +252,13 @@ class StateStore:
         """Re-read every session directory and publish what changed (after a watcher restart)."""
         self._read_current_session()
         on_disk: set[str] = set()
-        try:
-            entries = list(self.sessions_dir.iterdir())
-        except OSError as exc:
-            log.warning("cannot list %s: %s", self.sessions_dir, exc)
+        if not self.files.is_dir(SESSIONS):
+            log.warning("cannot list .loki/%s", SESSIONS)
             return
-        for directory in entries:
-            if valid_session_id(directory.name) and directory.is_dir():
-                on_disk.add(directory.name)
-                self._refresh(directory.name, publish=True)
+        for name in self.files.list(SESSIONS, dirs=True):
+            if valid_session_id(name):
+                on_disk.add(name)
+                self._guarded(self._refresh, name, publish=True)
         for session_id in list(self._sessions):
             if session_id not in on_disk:
                 self.apply_file(self.sessions_dir / session_id / SESSION_FILE)
@@ -277,7 +280,7 @@ class StateStore:
             record, started_at=record.started_at or now, updated_at=record.updated_at or now
         )
         directory = self.sessions_dir / record.id
-        directory.mkdir(parents=True, exist_ok=True)
+        self.files.makedirs(directory)
         state = SessionState(record.id, directory, record, managed=True)
         state.phase = record.current_phase
         self._write_record(state)
@@ -298,7 +301,8 @@ class StateStore:
 
         Sets `updatedAt`, writes `session.json` atomically and publishes the
         transition event(s) once. Raises KeyError for an unknown session. A
-        failed write is logged; the in-memory record is updated regardless.
+        failed write is logged (a storage failure also on /health); the in-memory
+        record is updated regardless.
         """
         state = self._sessions[session_id]
         old = state.record
@@ -322,8 +326,7 @@ class StateStore:
 
     def _write_record(self, state: SessionState) -> None:
         data = encode(state.record)
-        state.dir.mkdir(parents=True, exist_ok=True)
-        write_atomically(state.dir / SESSION_FILE, data)
+        self.files.write_atomic(state.dir / SESSION_FILE, data)
         state.seen[SESSION_FILE] = data
         self.changed.add(state.id)
 
@@ -347,10 +350,7 @@ class StateStore:
         session_id = path.parent.name
         if not valid_session_id(session_id):
             return
-        try:
-            raw = _read(path)
-        except OSError:
-            return
+        raw = self.files.read(path, json=True)
         state = self._sessions.get(session_id)
         if path.name == SESSION_FILE:
             if raw is None:
@@ -366,21 +366,21 @@ class StateStore:
     def _refresh(self, session_id: str, *, publish: bool) -> None:
         """Read every file of one session directory (a full diff against memory)."""
         directory = self.sessions_dir / session_id
-        try:
-            raw = _read(directory / SESSION_FILE)
-        except OSError:
-            return
+        docs = self.files.read_documents(directory, SESSION_FILES)
+        raw = docs.get(SESSION_FILE) if docs is not None else None
         if raw is None:
             if session_id in self._sessions:
                 self._session_file_removed(session_id)
             return
         state = self._sessions.get(session_id)
         if state is None:
-            record = decode_session(raw, session_id)
+            record = decode_session(raw, session_id, self.limits)
             if record is None:
                 return
             if record.started_at is None:
-                record = msgspec.structs.replace(record, started_at=_mtime_iso(directory))
+                stat = self.files.lstat(directory)
+                started = iso_timestamp(stat.st_mtime) if stat is not None else None
+                record = msgspec.structs.replace(record, started_at=started)
             state = SessionState(session_id, directory, record)
             state.seen[SESSION_FILE] = raw
             self._sessions[session_id] = state
@@ -393,11 +393,9 @@ class StateStore:
                 state.last_event = diff.initial_session_event(record)
         else:
             self._apply(state, SESSION_FILE, raw, publish=publish)
+        assert docs is not None
         for name in SESSION_FILES[1:]:
-            try:
-                data = _read(directory / name)
-            except OSError:
-                continue
+            data = docs.get(name)
             if data is not None:
                 self._apply(state, name, data, publish=publish)
 
@@ -407,7 +405,7 @@ class StateStore:
             return  # an unchanged rewrite (or our own write) says nothing new
         changes: list[Change]
         if name == SESSION_FILE:
-            fields = decode_session_fields(raw, state.id)
+            fields = decode_session_fields(raw, state.id, self.limits)
             if fields is None:
                 return
             old = state.record
@@ -418,21 +416,21 @@ class StateStore:
                 self._redate_tasks(state)
             changes = self._record_changes(state, old, new)
         elif name == PHASE_FILE:
-            phase = decode_phase(raw, state.id)
+            phase = decode_phase(raw, state.id, self.limits)
             if phase is None:
                 return
             changes = self._phase_to(
                 state, phase.current, previous=phase.previous, progress=phase.progress
             )
         elif name == TASKS_FILE:
-            tasks = decode_tasks(raw, state.id, created_at=self._undated(state))
+            tasks = decode_tasks(raw, state.id, created_at=self._undated(state), limits=self.limits)
             if tasks is None:
                 return
             changes = diff.task_changes(state.tasks, tasks)
             state.tasks = tasks
             self._views.clear()
         elif name == AGENTS_FILE:
-            agents = decode_agents(raw, state.id)
+            agents = decode_agents(raw, state.id, self.limits)
             if agents is None:
                 return
             changes, state.ledger = diff.agent_changes(state.ledger, agents)
@@ -440,6 +438,15 @@ class StateStore:
             return
         state.seen[name] = raw
         self.changed.add(state.id)
+        if len(changes) > self.limits.max_items:
+            log.warning(
+                "%s/%s: %d events beyond the cap of %d per change not published",
+                state.id,
+                name,
+                len(changes) - self.limits.max_items,
+                self.limits.max_items,
+            )
+            changes = changes[: self.limits.max_items]
         if publish:
             self._publish(state, changes)
         else:
@@ -454,7 +461,9 @@ class StateStore:
         """The session's start moved: its undated tasks move with it (nothing to publish)."""
         raw = state.seen.get(TASKS_FILE)
         tasks = (
-            None if raw is None else decode_tasks(raw, state.id, created_at=self._undated(state))
+            None
+            if raw is None
+            else decode_tasks(raw, state.id, created_at=self._undated(state), limits=self.limits)
         )
         if tasks is not None:
             state.tasks = tasks
@@ -496,7 +505,7 @@ class StateStore:
         state = self._sessions.get(session_id)
         if state is None:
             return
-        if state.managed and state.dir.is_dir():
+        if state.managed and self.files.is_dir(state.dir):
             # The server owns this record: it is written again on the next change.
             state.seen.pop(SESSION_FILE, None)
             return
@@ -505,11 +514,8 @@ class StateStore:
         self._publish(state, changes)
 
     def _read_current_session(self) -> None:
-        try:
-            raw = _read(self.settings.state_dir / STATE_FILE)
-        except OSError:
-            return
-        self.current_session = decode_current_session(raw) if raw is not None else None
+        raw = self.files.read(STATE_FILE, json=True)
+        self.current_session = decode_current_session(raw, self.limits) if raw is not None else None
 
     # ---------------------------------------------------------------- publishing
 

@@ -3,7 +3,8 @@
 One offset per file. A partial last line waits for its newline; a file that
 shrinks or is replaced (new inode: rotation) is read again from the start; a
 line longer than `max_line` bytes is cut there and the rest of it dropped, so
-nothing is buffered without bound.
+nothing is buffered without bound. Files are opened through `StateDir` (no
+symlink followed, regular files only: a FIFO named `x.log` never blocks).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..models import LogEventData
+from ..statedir import StateDir
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +54,40 @@ class _Tail:
 class LogTailer:
     """Turns appended lines of session log files into `log:*` events."""
 
-    def __init__(self, sessions_dir: Path, publish: Publish, *, max_line: int = MAX_LINE) -> None:
+    def __init__(
+        self,
+        sessions_dir: Path,
+        publish: Publish,
+        *,
+        max_line: int = MAX_LINE,
+        files: StateDir | None = None,
+    ) -> None:
         self.sessions_dir = sessions_dir
+        self.files = files or StateDir(sessions_dir.parent)
         self.publish = publish
         self.max_line = max_line
         self._tails: dict[Path, _Tail] = {}
 
     def log_files(self) -> list[Path]:
         """Every `<sessions>/<id>/*.log` there is now."""
-        try:
-            return sorted(self.sessions_dir.glob(f"*/*{LOG_SUFFIX}"))
-        except OSError:
-            return []
+        files = self.files
+        return [
+            self.sessions_dir / session / name
+            for session in files.list(self.sessions_dir, dirs=True)
+            for name in files.list(self.sessions_dir / session, suffix=LOG_SUFFIX)
+        ]
+
+    def logs_in(self, directory: Path) -> list[Path]:
+        """Every `*.log` regular file in one session directory."""
+        return [directory / name for name in self.files.list(directory, suffix=LOG_SUFFIX)]
 
     def prime(self, saved: dict[Path, tuple[int, int]] | None = None) -> None:
         """Start every existing log where the previous server stopped reading it
         (`saved`: path → (inode, offset)), else at its end: old lines were announced."""
         saved = saved or {}
         for path in self.log_files():
-            try:
-                stat = path.stat()
-            except OSError:
+            stat = self.files.lstat(path)
+            if stat is None:
                 continue
             inode, offset = saved.get(path, (None, None))
             if inode == stat.st_ino and offset is not None and 0 <= offset <= stat.st_size:
@@ -98,13 +113,9 @@ class LogTailer:
 
     def poll(self, path: Path) -> bool:
         """Publish the new complete lines of one file. True when more is left to read."""
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
+        fd = self.files.open_read(path)
+        if fd is None:  # gone, or not a regular file (skipped, warned once)
             self._tails.pop(path, None)
-            return False
-        except OSError as exc:
-            log.debug("cannot open %s: %s", path, exc)
             return False
         try:
             stat = os.fstat(fd)

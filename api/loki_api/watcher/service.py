@@ -123,7 +123,8 @@ class StateWatcher:
         self.on_output = on_output
         self.store = store
         self.sessions_dir = settings.sessions_dir
-        self.tailer = LogTailer(settings.sessions_dir, self._publish_log_line)
+        self.files = store.files
+        self.tailer = LogTailer(settings.sessions_dir, self._publish_log_line, files=store.files)
         self.bus = bus
         # Where the previous server stopped reading each log (from the snapshots).
         self.saved_log_positions: dict[Path, tuple[int, int]] = {}
@@ -191,7 +192,7 @@ class StateWatcher:
 
     def _start_observer(self) -> None:
         assert self._coalescer is not None
-        self.sessions_dir.mkdir(parents=True, exist_ok=True)
+        self.files.makedirs(self.sessions_dir)
         handler = HandOff(self._wanted, self._coalescer.notify_threadsafe)
         observer = Observer()
         observer.daemon = True
@@ -208,7 +209,7 @@ class StateWatcher:
                 event_filter=EVENT_FILTER,
             )
             if self.output_dir is not None:
-                self.output_dir.mkdir(parents=True, exist_ok=True)
+                self.files.makedirs(self.output_dir)
                 observer.schedule(
                     handler, os.fspath(self.output_dir), recursive=True, event_filter=EVENT_FILTER
                 )
@@ -277,10 +278,7 @@ class StateWatcher:
 
     def _session_dir_changed(self, directory: Path) -> None:
         """A session directory appeared or went: tail its logs, or forget them."""
-        try:
-            logs = list(directory.glob(f"*{LOG_SUFFIX}"))
-        except OSError:
-            logs = []
+        logs = self.tailer.logs_in(directory)
         for path in self.tailer.known_under(directory):
             if path not in logs:
                 self.tailer.forget(path)
