@@ -346,10 +346,11 @@ def test_gap_event_and_cluster_nodes_are_shown(
     with ServerProcess(loki_dir) as server:
         view = console(server.url)
         status = rest(server, "GET", "/api/status")
+        nats = {"connected": True, "servers": ["nats://127.0.0.1:4222"], "buffered": 0}
         status["cluster"] = {
             "name": "loki",
-            "nodeId": "node-a",
-            "nats": {"connected": True},
+            "node": "node-a",
+            "nats": {**nats, "lost": 0, "streamSeq": 9},
             "nodes": [
                 {"id": "node-a", "status": "up", "sessions": 2, "freeSlots": 1},
                 {"id": "node-b", "status": "lost", "sessions": 0, "freeSlots": 0},
@@ -388,6 +389,13 @@ def test_gap_event_and_cluster_nodes_are_shown(
         assert "node-a (this node)" in nodes[0] and "1 free slots" in nodes[0]
         assert "lost" in nodes[1]
         assert "NATS connected" in (page.text_content("#cluster-name") or "")
+        # A cluster that lists no nodes shows the node answering, with its NATS link.
+        del status["cluster"]["nodes"]
+        status["cluster"]["nats"] = {**nats, "connected": False, "buffered": 12, "lost": 0}
+        page.reload()
+        page.wait_for_selector("#node-list li:has-text('NATS down')")
+        assert page.locator("#node-list li").all_text_contents()[0].startswith("node-a (this node)")
+        assert "NATS disconnected, 12 buffered" in (page.text_content("#cluster-name") or "")
         # Without a cluster in /api/status the panel stays hidden.
         view.page.unroute("**/api/status*")
         page.reload()

@@ -90,12 +90,19 @@ async function pollStats() {
 
 // ------------------------------------------------------------------ cluster panel
 
-/** Nodes from /api/status in cluster mode: `cluster.nodes` or `nodes`, a list or a map. */
+/**
+ * Nodes from /api/status in cluster mode (SPEC §11): `cluster.nodes` (or `nodes`), a list
+ * or a map by id; a cluster that lists no nodes shows the one answering. null: no cluster.
+ */
 function clusterNodes(status) {
-  const cluster = status.cluster && typeof status.cluster === 'object' ? status.cluster : {};
-  const nodes = cluster.nodes ?? status.nodes;
-  if (!nodes || typeof nodes !== 'object') return null;
-  return Array.isArray(nodes) ? nodes : Object.entries(nodes).map(([id, node]) => ({ id, ...node }));
+  const cluster = status.cluster && typeof status.cluster === 'object' ? status.cluster : null;
+  const nodes = (cluster && cluster.nodes) ?? status.nodes;
+  if (nodes && typeof nodes === 'object') {
+    return Array.isArray(nodes) ? nodes : Object.entries(nodes).map(([id, node]) => ({ id, ...node }));
+  }
+  if (cluster === null) return null;
+  const nats = cluster.nats && typeof cluster.nats === 'object' ? cluster.nats : {};
+  return [{ id: cluster.node ?? cluster.nodeId, status: nats.connected === false ? 'NATS down' : 'up' }];
 }
 
 function count(value) {
@@ -104,17 +111,26 @@ function count(value) {
   return value;
 }
 
+function natsText(nats) {
+  if (!nats || typeof nats !== 'object') return nats ? `NATS ${nats}` : '';
+  const parts = [`NATS ${nats.connected === false ? 'disconnected' : 'connected'}`];
+  if (nats.buffered) parts.push(`${nats.buffered} buffered`);
+  if (nats.lost) parts.push(`${nats.lost} lost`);
+  return parts.join(', ');
+}
+
+const UP = ['up', 'alive', 'online', 'ok', 'healthy', 'ready'];
+
 function renderCluster(status) {
   const nodes = clusterNodes(status);
   const panel = byId('nodes-panel');
   panel.hidden = nodes === null;
   if (nodes === null) return;
   const cluster = status.cluster && typeof status.cluster === 'object' ? status.cluster : {};
-  const nats = cluster.nats && typeof cluster.nats === 'object' ? cluster.nats.state ?? (cluster.nats.connected ? 'connected' : 'disconnected') : cluster.nats;
-  setText(byId('cluster-name'), [cluster.name, nats ? `NATS ${nats}` : ''].filter(Boolean).join(' · '));
-  const self = cluster.nodeId ?? cluster.node;
+  setText(byId('cluster-name'), [cluster.name, natsText(cluster.nats)].filter(Boolean).join(' · '));
+  const self = cluster.node ?? cluster.nodeId;
   byId('node-list').replaceChildren(...nodes.map((node) => {
-    const id = String(node.id ?? node.nodeId ?? node.name ?? '?');
+    const id = String(node.id ?? node.nodeId ?? node.node ?? node.name ?? '?');
     const state = String(node.status ?? node.state ?? (node.alive === false ? 'lost' : 'up'));
     const facts = [
       node.sessions !== undefined ? `${count(node.sessions)} sessions` : '',
@@ -122,7 +138,7 @@ function renderCluster(status) {
       node.freeSlots !== undefined ? `${node.freeSlots} free slots` : '',
     ].filter(Boolean).join(' · ');
     return el('li', { class: 'node', dataset: { node: id } },
-      el('span', { class: `dot ${['up', 'alive', 'online', 'ok', 'healthy'].includes(state) ? 's-running' : 's-failed'}` }),
+      el('span', { class: `dot ${UP.includes(state) ? 's-running' : 's-failed'}` }),
       el('span', { class: 'mono', text: id + (self !== undefined && String(self) === id ? ' (this node)' : '') }),
       el('span', { class: 'muted', text: `${state}${facts ? ` · ${facts}` : ''}` }));
   }));
