@@ -177,8 +177,9 @@ def test_a_session_started_from_the_form_runs_to_completed(
         assert sorted(titles) == ["Add storage", "Build the API", "List view"]
         assert page.text_content("#sv-progress-text") == "3/3 tasks"
         # The sessions list follows, and agents and output came from the stream.
-        item = page.locator(f'#session-list li[data-id="{session["id"]}"]')
-        assert item.get_attribute("data-status") == "completed"
+        page.wait_for_selector(
+            f'#session-list li[data-id="{session["id"]}"][data-status=completed]'
+        )
         assert page.locator("#agent-list li").count() >= 1
         assert page.locator("#output-list .vrow:not([hidden])").count() >= 1
         # The output's level filter and search.
