@@ -21,6 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
+from loki_api.encoding import encode
+from loki_api.models import ClusterInfo, ClusterNode, NatsState
+
 from .support import ServerProcess
 
 CHROMIUM = os.environ.get("LOKI_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -346,17 +349,17 @@ def test_gap_event_and_cluster_nodes_are_shown(
     the test through the browser's request routing (the server side has its own tests)."""
     with ServerProcess(loki_dir) as server:
         view = console(server.url)
+        # The real wire types, so the page is tested against what a cluster answers.
+        nats = NatsState(
+            connected=True, servers=["nats://127.0.0.1:4222"], buffered=0, lost=0, stream_seq=9
+        )
+        nodes = [
+            ClusterNode(node="node-a", max_sessions=2, running=1, free=1, alive=True),
+            ClusterNode(node="node-b", max_sessions=2, running=0, free=0, alive=False),
+        ]
+        cluster = ClusterInfo(name="loki", node="node-a", nats=nats, nodes=nodes)
         status = rest(server, "GET", "/api/status")
-        nats = {"connected": True, "servers": ["nats://127.0.0.1:4222"], "buffered": 0}
-        status["cluster"] = {
-            "name": "loki",
-            "node": "node-a",
-            "nats": {**nats, "lost": 0, "streamSeq": 9},
-            "nodes": [
-                {"id": "node-a", "status": "up", "sessions": 2, "freeSlots": 1},
-                {"id": "node-b", "status": "lost", "sessions": 0, "freeSlots": 0},
-            ],
-        }
+        status["cluster"] = json.loads(encode(cluster))
         envelope = {
             "id": "evt_9_1795000000000",
             "type": "log:warn",
@@ -386,13 +389,13 @@ def test_gap_event_and_cluster_nodes_are_shown(
         assert "evt_9_1795000000000" in (row.text_content() or "")
         view.wait_for("() => window.lokiConsole.feed.ids().includes('evt_9_1795000000000')")
         page.wait_for_selector("#nodes-panel:not([hidden])")
-        nodes = page.locator("#node-list li").all_text_contents()
-        assert "node-a (this node)" in nodes[0] and "1 free slots" in nodes[0]
-        assert "lost" in nodes[1]
+        rows = page.locator("#node-list li").all_text_contents()
+        assert rows[0].startswith("node-a (this node)") and "1 running of 2 · 1 free" in rows[0]
+        assert rows[1].startswith("node-b") and "lost" in rows[1]
         assert "NATS connected" in (page.text_content("#cluster-name") or "")
         # A cluster that lists no nodes shows the node answering, with its NATS link.
-        del status["cluster"]["nodes"]
-        status["cluster"]["nats"] = {**nats, "connected": False, "buffered": 12, "lost": 0}
+        status["cluster"]["nodes"] = []
+        status["cluster"]["nats"].update(connected=False, buffered=12)
         page.reload()
         page.wait_for_selector("#node-list li:has-text('NATS down')")
         assert page.locator("#node-list li").all_text_contents()[0].startswith("node-a (this node)")
@@ -402,6 +405,37 @@ def test_gap_event_and_cluster_nodes_are_shown(
         page.reload()
         page.wait_for_selector("#version:has-text('v')")
         assert page.is_hidden("#nodes-panel")
+
+
+def test_a_gap_said_by_the_server_is_shown_as_a_row(
+    console: Callable[[str], Console], loki_dir: Path
+) -> None:
+    """A resume from an id the server's history no longer holds: it sends `gap` first."""
+    with ServerProcess(loki_dir, "--history", "5") as server:
+        write_session(loki_dir, "busy", [{"id": f"t{n}", "title": f"Task {n}"} for n in range(12)])
+        wait_rest(
+            server,
+            "/api/events/history",
+            lambda h: any(e["data"].get("taskId") == "t11" for e in h["events"]),
+        )
+        view = console(server.url)
+        # As if this tab had seen evt_1 before the history moved on: the header a browser
+        # sends when it resumes.
+        view.page.route(
+            "**/api/events?*",
+            lambda route: route.continue_(
+                headers={**route.request.headers, "last-event-id": "evt_1_0"}
+            ),
+        )
+        page = view.open()
+        row = page.wait_for_selector("#feed-list .vrow.gap-row")
+        held = history_ids(server)
+        assert len(held) == 5
+        text = row.text_content() or ""
+        missed = int(held[0].split("_")[1]) - 2  # evt_2 .. the one before the oldest held
+        assert f"missed {missed} event(s)" in text and held[0] in text
+        view.wait_for("n => window.lokiConsole.feed.ids().length >= n", len(held))
+        assert view.feed_ids() == held
 
 
 def test_fifty_thousand_events_keep_the_page_responsive(

@@ -91,18 +91,19 @@ async function pollStats() {
 // ------------------------------------------------------------------ cluster panel
 
 /**
- * Nodes from /api/status in cluster mode (SPEC §11): `cluster.nodes` (or `nodes`), a list
- * or a map by id; a cluster that lists no nodes shows the one answering. null: no cluster.
+ * Nodes from /api/status in cluster mode (SPEC §11): `cluster.nodes`, each as its last
+ * heartbeat described it ({node, maxSessions, running, free, alive}); a cluster that
+ * lists none yet shows the node answering. null: not a cluster.
  */
 function clusterNodes(status) {
   const cluster = status.cluster && typeof status.cluster === 'object' ? status.cluster : null;
   const nodes = (cluster && cluster.nodes) ?? status.nodes;
-  if (nodes && typeof nodes === 'object') {
+  if (nodes && typeof nodes === 'object' && Object.keys(nodes).length > 0) {
     return Array.isArray(nodes) ? nodes : Object.entries(nodes).map(([id, node]) => ({ id, ...node }));
   }
   if (cluster === null) return null;
   const nats = cluster.nats && typeof cluster.nats === 'object' ? cluster.nats : {};
-  return [{ id: cluster.node ?? cluster.nodeId, status: nats.connected === false ? 'NATS down' : 'up' }];
+  return [{ node: cluster.node, status: nats.connected === false ? 'NATS down' : 'up' }];
 }
 
 function count(value) {
@@ -130,12 +131,14 @@ function renderCluster(status) {
   setText(byId('cluster-name'), [cluster.name, natsText(cluster.nats)].filter(Boolean).join(' · '));
   const self = cluster.node ?? cluster.nodeId;
   byId('node-list').replaceChildren(...nodes.map((node) => {
-    const id = String(node.id ?? node.nodeId ?? node.node ?? node.name ?? '?');
+    const id = String(node.node ?? node.id ?? node.nodeId ?? node.name ?? '?');
     const state = String(node.status ?? node.state ?? (node.alive === false ? 'lost' : 'up'));
+    const running = node.running !== undefined ? `${count(node.running)} running` : '';
+    const free = node.free ?? node.freeSlots;
     const facts = [
       node.sessions !== undefined ? `${count(node.sessions)} sessions` : '',
-      node.running !== undefined ? `${count(node.running)} running` : '',
-      node.freeSlots !== undefined ? `${node.freeSlots} free slots` : '',
+      running && node.maxSessions !== undefined ? `${running} of ${node.maxSessions}` : running,
+      free !== undefined ? `${free} free` : '',
     ].filter(Boolean).join(' · ');
     return el('li', { class: 'node', dataset: { node: id } },
       el('span', { class: `dot ${UP.includes(state) ? 's-running' : 's-failed'}` }),
