@@ -38,6 +38,11 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], int]] = {
     "stop_latency": ([], ["--runs", "5"], 300),
     "send_floor": ([], ["--subscribers", "200", "--rounds", "50"], 120),
     "cluster_publish": ([], ["--events", "20000", "--runs", "1"], 600),
+    "cluster_sessions": (
+        [],
+        ["--controls", "20", "--sessions", "50", "--duration", "2", "--runs", "1"],
+        900,
+    ),
     "cluster_fanout": (
         [],
         [
@@ -191,6 +196,29 @@ CHECKS: dict[str, list[Check]] = {
             "≥ 100,000",
             lambda r: r["summary"]["publish_per_s"],
             lambda v: v >= 100_000,
+        ),
+    ],
+    "cluster_sessions": [
+        (
+            "control round-trip via another node, p50 / p99 ms",
+            "(info)",
+            lambda r: (
+                f"{r['summary']['control_via_other_node_p50_ms']} / "
+                f"{r['summary']['control_via_other_node_p99_ms']}"
+            ),
+            lambda v: True,
+        ),
+        (
+            "GET /api/sessions req/s on a non-owner node, 500 sessions",
+            "≥ 3,000",
+            lambda r: r["summary"]["list_on_non_owner_rps"],
+            lambda v: v >= 3000,
+        ),
+        (
+            "time to detect a lost node, s (--node-ttl 5)",
+            "(info)",
+            lambda r: r["summary"]["loss_detected_s"],
+            lambda v: True,
         ),
     ],
     "cluster_fanout": [
