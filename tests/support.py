@@ -214,11 +214,11 @@ class InProcessServer:
 
 
 @asynccontextmanager
-async def serve_in_process(settings: Any, http: str = "auto") -> AsyncIterator[InProcessServer]:
+async def serve_in_process(settings: Any, http: Any = "auto") -> AsyncIterator[InProcessServer]:
     """Run the real app under uvicorn on a free port inside the test's event loop.
 
     The test can reach `runtime.bus` directly (to publish events) while talking
-    to the server over real HTTP. `http` is uvicorn's HTTP protocol (`h11`...).
+    to the server over real HTTP. `http` is uvicorn's HTTP protocol (`h11`, or a class).
     """
     import socket
 

@@ -77,6 +77,17 @@ def test_allowed_hosts_setting() -> None:
     assert settings(["--allowed-hosts", "c.example"], env).allowed_hosts == ("c.example",)
 
 
+def test_connection_guard_settings() -> None:
+    s = settings([], {})
+    assert (s.head_timeout, s.connections_per_address, s.http) == (10.0, 64, "auto")
+    env = {"LOKI_HEAD_TIMEOUT": "3", "LOKI_CONNECTIONS_PER_ADDRESS": "8"}
+    s = settings(["--http", "h11", "--connections-per-address", "9"], env)
+    assert (s.head_timeout, s.connections_per_address, s.http) == (3.0, 9, "h11")
+    for bad in (["--head-timeout", "0"], ["--connections-per-address", "0"]):
+        with pytest.raises(SettingsError):
+            settings(bad, {})
+
+
 def test_send_deadline_setting() -> None:
     assert settings([], {}).send_deadline == 30.0
     assert settings([], {"LOKI_SEND_DEADLINE": "5"}).send_deadline == 5.0

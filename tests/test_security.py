@@ -124,7 +124,7 @@ async def test_dns_rebinding_guard_whatever_the_bind_address(tmp_path: Path, bin
         assert started.status_code == 403
         stream = await c.get("/api/events?types=bogus", headers={"Host": "evil.example"})
         assert stream.status_code == 403
-        for host in ("localhost:8420", "127.0.0.1:8420", "127.9.9.9", "[::1]:8420", "localhost"):
+        for host in ("localhost:8420", "127.0.0.1:8420", "127.9.9.9", "[::1]:8420", "0.0.0.0:8420"):
             assert (await c.get("/api/status", headers={"Host": host})).status_code == 200
 
 

@@ -97,6 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an SSE client's socket may stay full before it is cut off "
         "(LOKI_SEND_DEADLINE, 30)",
     )
+    add(
+        "--http",
+        choices=("auto", "httptools", "h11"),
+        help="uvicorn's HTTP implementation (auto: httptools when installed)",
+    )
+    add(
+        "--head-timeout",
+        type=float,
+        help="seconds a connection has to send a complete request head (LOKI_HEAD_TIMEOUT, 10)",
+    )
+    add(
+        "--connections-per-address",
+        type=int,
+        help="open connections allowed per non-loopback address (LOKI_CONNECTIONS_PER_ADDRESS, 64)",
+    )
     add("--no-console", action="store_true", help="do not serve the live console at /")
     add(
         "--no-loopback-trust",
@@ -181,6 +196,15 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         keepalive=float(pick(args.keepalive, env_float(env, "LOKI_SSE_KEEPALIVE"), 15.0)),  # type: ignore[arg-type]
         send_deadline=float(
             pick(args.send_deadline, env_float(env, "LOKI_SEND_DEADLINE"), 30.0)  # type: ignore[arg-type]
+        ),
+        http=args.http or "auto",
+        head_timeout=float(
+            pick(args.head_timeout, env_float(env, "LOKI_HEAD_TIMEOUT"), 10.0)  # type: ignore[arg-type]
+        ),
+        connections_per_address=int(
+            pick(  # type: ignore[call-overload]
+                args.connections_per_address, env_int(env, "LOKI_CONNECTIONS_PER_ADDRESS"), 64
+            )
         ),
         console=not args.no_console,
         trust_loopback=not args.no_loopback_trust,
@@ -267,6 +291,10 @@ def validate(settings: Settings) -> None:
         raise SettingsError("--keepalive must be positive")
     if settings.send_deadline <= 0:
         raise SettingsError("--send-deadline must be positive")
+    if settings.head_timeout <= 0:
+        raise SettingsError("--head-timeout must be positive")
+    if settings.connections_per_address < 1:
+        raise SettingsError("--connections-per-address must be at least 1")
     if settings.max_state_file < 1024:
         raise SettingsError("--max-state-file must be at least 1K")
     if bool(settings.tls_cert) != bool(settings.tls_key):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .bus import EventBus
+from .connections import ConnectionGuard
 from .eventlog import EventLog
 from .health_problems import HealthProblems
 from .metrics import metrics_registry
@@ -56,6 +57,8 @@ class Runtime:
         self.providers = ProviderCache()
         # Problems that make `/health` degraded (and some `/health/ready` fail).
         self.health = HealthProblems()
+        # Request-head timeout and per-address cap, applied by uvicorn's protocol (serve.py).
+        self.connections = ConnectionGuard(settings.head_timeout, settings.connections_per_address)
         self.checks: dict[str, Check] = {"stateDir": self.state_dir_writable}
         # The one door to `.loki/` (SPEC §3.2); everything below reads and writes through it.
         self.files = StateDir(settings.state_dir, settings.state_limits, self.health)

@@ -34,6 +34,9 @@ from .errors import error_response
 from .settings import Settings, is_loopback_host
 
 EVENTS_PATH = "/api/events"
+# `http://0.0.0.0:8420` (what the banner shows when bound to all interfaces) reaches
+# this machine like 127.0.0.1 does; an address literal cannot be rebound by DNS.
+UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::"})
 METRICS_PATH = "/metrics"
 CONSOLE_ASSETS_PREFIX = "/console/"
 
@@ -156,7 +159,12 @@ class SecurityMiddleware:
         if host is None:
             return True
         name = host_name(host).lower().rstrip(".")
-        return is_loopback_host(name) or name in self._allowed or host.lower() in self._allowed
+        return (
+            is_loopback_host(name)
+            or name in UNSPECIFIED_HOSTS
+            or name in self._allowed
+            or host.lower() in self._allowed
+        )
 
     def has_token(self, scope: Scope) -> bool:
         if self._token is None:

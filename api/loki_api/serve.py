@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import resource
 import socket
 import sys
 
@@ -11,6 +12,7 @@ import uvicorn
 
 from . import __version__
 from .app import create_app
+from .connections import guarded_protocol
 from .logformat import JsonFormatter, configure_logging
 from .runtime import Runtime
 from .settings import Settings
@@ -45,6 +47,22 @@ class LokiServer(uvicorn.Server):
         # uvicorn re-raises the stop signal after shutting down, so the process would
         # die "killed by SIGTERM"; a graceful stop is a normal exit, code 0.
         self._captured_signals.clear()
+
+
+def raise_open_files_limit() -> None:
+    """Let the process hold as many sockets as the system allows (soft limit to hard).
+
+    Process-wide, so done here, in the entry point that owns the process. With
+    a 1024 soft limit, a thousand idle sockets from one peer would make accept
+    fail for everyone else; the per-address cap and the head timeout keep the
+    count bounded, this keeps the headroom.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def bind_socket(settings: Settings) -> socket.socket:
@@ -129,8 +147,11 @@ def run(settings: Settings) -> int:
         return 2
     runtime = Runtime(settings)
     app = create_app(settings, runtime)
+    raise_open_files_limit()
     config = uvicorn.Config(
         app,
+        # uvicorn's protocol with the request-head timeout and the per-address cap.
+        http=guarded_protocol(settings.http, runtime.connections),
         log_level=settings.log_level,
         # uvicorn's loggers go to our root handler, in our format; our access log
         # (`access.py`, with route templates and request ids) replaces uvicorn's.

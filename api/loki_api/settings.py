@@ -51,6 +51,12 @@ class Settings:
     max_pending: int = 10_000
     # Seconds a stream's socket may stay full before the stream is cut off.
     send_deadline: float = 30.0
+    # uvicorn's HTTP protocol: auto (httptools when installed), httptools or h11.
+    http: str = "auto"
+    # Seconds a connection has to send a complete request head (slowloris guard).
+    head_timeout: float = 10.0
+    # Open connections allowed per non-loopback address.
+    connections_per_address: int = 64
     event_log_bytes: int = 16 * 1024 * 1024
     # Cluster mode (SPEC §11): on when `nats_urls` is not empty.
     nats_urls: tuple[str, ...] = ()
