@@ -298,10 +298,26 @@ def test_server_restart_mid_session_loses_and_repeats_no_row(
         view = console(first.url)
         view.open()
         view.wait_for("() => window.lokiConsole.feed.ids().length >= 8")
+        # The first reconnection is refused (a proxy answering 503 during the restart,
+        # say): the browser gives up on that EventSource, and the page opens a new one
+        # that resumes with ?lastEventId= instead of the browser's own header.
+        refused: list[str] = []
+
+        def refuse_once(route: Any) -> None:
+            if route.request.method == "GET" and not refused:
+                refused.append(route.request.url)
+                route.fulfill(status=503, json={"error": "restarting", "code": "X"})
+            else:
+                route.continue_()
+
+        view.page.route("**/api/events?*", refuse_once)
         assert first.stop(signal.SIGTERM) == 0  # the session keeps running
         view.page.wait_for_selector("#connection.conn-reconnecting")
         second.start()
         view.page.wait_for_selector("#connection.conn-live")
+        assert refused and "lastEventId=evt_" in view.js(
+            "() => window.lokiConsole.stream.source.url"
+        )
         wait_rest(second, f"/api/sessions/{sid}", lambda d: d["session"]["status"] == "completed")
         expected = history_ids(second)
         view.wait_for("n => window.lokiConsole.feed.ids().length >= n", len(expected))
@@ -336,7 +352,7 @@ def test_token_prompt_when_the_api_answers_401(
         page.click("#start-button")
         page.wait_for_selector("#session-detail:not([hidden])")
         view.wait_for("() => window.lokiConsole.feed.ids().length > 0")
-        # A reload in the same tab keeps the token; a new tab asks again.
+        # A reload in the same tab keeps the token.
         page.reload()
         page.wait_for_selector("#connection.conn-live")
         assert not page.is_visible("#token-dialog")

@@ -24,6 +24,8 @@ const CAN = {
 };
 const ACTIVE = ['starting', 'running', 'paused', 'stopping'];
 const REFRESH_ON = /^(session|phase|task):/;
+// Events of the open session held at most (the oldest are dropped past it).
+const MAX_EVENTS = 100000;
 // `stopping` ends when the process exits, which is announced by no event of its own
 // (session:stopped went out when the stop began): look again until it settles.
 const TRANSIENT = ['starting', 'stopping'];
@@ -100,6 +102,12 @@ export class SessionView {
       this.events.sort((a, b) => seqOf(a.id) - seqOf(b.id));
       this.agents = new Map();
       this.updateAgents(this.events);
+      this.renderOutput();
+    }
+    if (this.events.length > MAX_EVENTS) {
+      // Fold the oldest tenth away at once, so the rebuild happens once per 10,000 events.
+      const dropped = this.events.splice(0, this.events.length - MAX_EVENTS + MAX_EVENTS / 10);
+      for (const event of dropped) this.seen.delete(event.id);
       this.renderOutput();
     }
   }
