@@ -79,6 +79,31 @@ async def test_every_node_answers_for_every_session_and_controls_it(
         await wait_for(lambda: sessions_on(nodes[0])["total"] == 2, timeout=10, interval=0.05)
         by_id = {s["id"]: s for s in sessions_on(nodes[0])["sessions"]}
         assert by_id[placed.json()["sessionId"]]["node"] in ("n1", "n2")
+
+        # Task lists over every session of the cluster, merged alike on every node.
+        def task_ids(node: ServerProcess, path: str) -> list[tuple[str, str]]:
+            answer = httpx.get(f"{node.url}{path}", timeout=5).json()
+            return [(t["sessionId"], t["id"]) for t in answer["tasks"]]
+
+        def everywhere_alike(path: str, count: int) -> bool:
+            lists = [task_ids(n, path) for n in nodes]
+            return len(lists[0]) == count and lists[0] == lists[1] == lists[2]
+
+        await wait_for(lambda: everywhere_alike("/api/tasks", 6), timeout=10, interval=0.05)
+        assert {s for s, _ in task_ids(nodes[1], "/api/tasks")} == set(by_id)
+        paged = httpx.get(f"{nodes[1].url}/api/tasks", params={"limit": 2, "offset": 3}).json()
+        assert [(t["sessionId"], t["id"]) for t in paged["tasks"]] == task_ids(
+            nodes[2], "/api/tasks"
+        )[3:5]
+        assert paged["pagination"] == {"total": 6, "limit": 2, "offset": 3, "hasMore": True}
+        for path in ("/api/tasks/active", "/api/tasks/queue"):  # (the session moves on)
+            await wait_for(
+                lambda p=path: (
+                    task_ids(nodes[0], p) == task_ids(nodes[1], p) == task_ids(nodes[2], p)
+                ),
+                timeout=10,
+                interval=0.02,
+            )
         # Stop from node 1: node 0 kills the session's process group.
         pid = record["pid"]
         stop = httpx.post(f"{nodes[1].url}/api/sessions/{session_id}/stop", timeout=5)

@@ -17,9 +17,12 @@ cluster's trust boundary (use `--nats-creds` / TLS on shared NATS servers).
 
 from __future__ import annotations
 
+import heapq
 import logging
 import re
+from asyncio import gather
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode
 
 import msgspec
 from nats.aio.msg import Msg
@@ -28,6 +31,8 @@ from nats.errors import TimeoutError as NatsTimeout
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import error_response
+from ..params import MAX_LIMIT
+from ..routes.sessions import DEFAULT_LIMIT
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -38,6 +43,7 @@ FORWARD_TIMEOUT = 2.0
 FORWARDED = b"x-loki-forwarded"
 MAX_BODY = 1024 * 1024 + 1  # the owner answers 413 for anything longer
 SESSION_PATH = re.compile(r"/api/sessions/([^/]+)(?:/.*)?")
+TASK_LISTS = frozenset({"/api/tasks", "/api/tasks/active", "/api/tasks/queue"})
 
 
 class ForwardedRequest(msgspec.Struct, array_like=True):
@@ -196,6 +202,9 @@ class ClusterRouting:
                     return
             await self.app(scope, replay(body), send)  # every node full: our own 409
             return
+        if path in TASK_LISTS and method == "GET":
+            await self.gather_tasks(scope, receive, send)
+            return
         match = SESSION_PATH.fullmatch(path)
         if match is not None and self.runtime.store.get(match.group(1)) is None:
             owner = registry.owner(match.group(1))
@@ -214,6 +223,72 @@ class ClusterRouting:
                 await respond(answer, send)
                 return
         await self.app(scope, receive, send)
+
+    async def gather_tasks(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`/api/tasks`, `/active`, `/queue` over every live node, merged the same way everywhere.
+
+        Each node answers for its own sessions; this node's answer comes first
+        (a bad query gets its 4xx as it is). Lists are merged in node-id order:
+        `/api/tasks` newest first by `createdAt`, the queue by priority, active
+        tasks node after node. A node that does not answer is left out.
+        """
+        registry = self.runtime.registry
+        assert registry is not None
+        path = scope["path"]
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        if path == "/api/tasks":
+            # Every node's first offset+limit tasks hold the merged page.
+            limit = int(query["limit"]) if query.get("limit", "").isdigit() else DEFAULT_LIMIT
+            limit = min(limit, MAX_LIMIT)
+            offset = int(query["offset"]) if query.get("offset", "").isdigit() else 0
+            query.update(limit=str(min(offset + limit, MAX_LIMIT)), offset="0")
+        request = self.request(scope, b"")
+        request.query = urlencode(query).encode()
+        own = await self.forwarder.run_locally(request)
+        if own.status != 200:
+            await respond(own, send)
+            return
+        answers = {registry.node_id: own}
+        others = [n for n in registry.live_nodes() if n != registry.node_id]
+        for node, answer in zip(
+            others, await gather(*(self.forwarder.forward(n, request) for n in others)), strict=True
+        ):
+            if answer is not None and answer.status == 200:
+                answers[node] = answer
+        bodies = [msgspec.json.decode(answers[node].body) for node in sorted(answers)]
+        if path == "/api/tasks":
+            merged = list(
+                heapq.merge(
+                    *(b["tasks"] for b in bodies),
+                    key=lambda t: t.get("createdAt") or "",
+                    reverse=True,
+                )
+            )
+            total = sum(b["pagination"]["total"] for b in bodies)
+            page = merged[offset : offset + limit]
+            body: dict[str, Any] = {
+                "tasks": page,
+                "pagination": {
+                    "total": total,
+                    "limit": limit,
+                    "offset": offset,
+                    "hasMore": offset + len(page) < total,
+                },
+            }
+        elif path == "/api/tasks/queue":
+            queue = list(
+                heapq.merge(*(b["tasks"] for b in bodies), key=lambda t: -(t.get("priority") or 0))
+            )
+            body = {"tasks": queue, "count": len(queue)}
+        else:
+            active = [task for b in bodies for task in b["tasks"]]
+            body = {"tasks": active, "count": len(active)}
+        merged_answer = ForwardedResponse(
+            status=200,
+            headers=[(b"content-type", b"application/json; charset=utf-8")],
+            body=msgspec.json.encode(body),
+        )
+        await respond(merged_answer, send)
 
     def request(self, scope: Scope, body: bytes) -> ForwardedRequest:
         content_type = next((v for k, v in scope["headers"] if k == b"content-type"), None)
