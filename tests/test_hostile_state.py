@@ -322,3 +322,18 @@ async def test_a_full_or_read_only_disk_is_reported_and_recovers_by_itself(
         finally:
             subprocess.run(["umount", str(small_disk)], check=True)
         await wait_for(recovered)
+
+
+async def test_a_file_where_the_events_directory_belongs_is_not_fatal(loki_dir: Path) -> None:
+    (loki_dir / ".loki").mkdir()
+    (loki_dir / ".loki" / "events").write_text("not a directory")
+    external_session(loki_dir, "s5")
+    with ServerProcess(loki_dir, "--simulate") as server, api(server) as client:
+        assert client.post("/api/sessions/s5/pause").status_code == 200
+        problems = client.get("/health").json()["problems"]
+        assert "eventLog" in problems and "events" in problems["stateFiles"]
+        assert client.get("/health/ready").status_code == 200
+        history = client.get("/api/events/history").json()["events"]
+        assert "session:paused" in [event["type"] for event in history]
+    # The snapshot saver retried quietly: no warning per attempt.
+    assert server.output().count("cannot save the state snapshot") == 0

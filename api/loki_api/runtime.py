@@ -30,7 +30,7 @@ from .settings import Settings
 from .state import StateStore, valid_session_id
 from .state.heartbeat import run_heartbeat
 from .state.snapshot import SnapshotDir
-from .statedir import STORAGE_KEY, StateDir, StorageUnavailable
+from .statedir import STORAGE_KEY, StateDir, StateDirError
 from .tally import HttpTally
 from .watcher import StateWatcher
 
@@ -160,7 +160,7 @@ class Runtime:
                     self.snapshots.save(session_id, snapshot)
             except OSError as exc:
                 self.snapshot_write_errors += 1
-                if not isinstance(exc, StorageUnavailable):  # that one is on /health already
+                if not isinstance(exc, StateDirError):  # on /health already (storage, stateFiles)
                     log.warning("cannot save the state snapshot of %s: %s", session_id, exc)
                 self.store.changed.add(session_id)
 
