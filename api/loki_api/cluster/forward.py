@@ -86,11 +86,16 @@ class Forwarder:
         assert bus is not None
         import anyio
 
-        while bus.nc is None or not bus.connected:
-            await anyio.sleep(0.1)
-        await bus.nc.subscribe(
-            node_subject(self.runtime.settings.cluster, self.node_id), cb=self._handle
-        )
+        subject = node_subject(self.runtime.settings.cluster, self.node_id)
+        while True:
+            nc = bus.nc
+            if nc is not None and bus.connected:
+                try:
+                    await nc.subscribe(subject, cb=self._handle)  # kept across reconnects
+                    return
+                except Exception as exc:
+                    log.warning("cluster: cannot serve forwarded requests yet: %s", exc)
+            await anyio.sleep(0.2)
 
     async def _handle(self, msg: Msg) -> None:
         try:
@@ -98,8 +103,11 @@ class Forwarder:
         except msgspec.DecodeError:
             return
         self.served += 1
-        response = await self.run_locally(request)
-        await msg.respond(_response_codec[0].encode(response))
+        try:
+            response = await self.run_locally(request)
+            await msg.respond(_response_codec[0].encode(response))
+        except Exception:  # the asker gets no answer (503 after its timeout), we go on
+            log.exception("cluster: a forwarded %s %s failed", request.method, request.path)
 
     async def run_locally(self, request: ForwardedRequest) -> ForwardedResponse:
         if self.app is None or self.inner is None:

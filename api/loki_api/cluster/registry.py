@@ -123,11 +123,23 @@ class Registry:
                     log.warning("cluster registry: %s; retrying", describe(exc))
             await anyio.sleep(0.5)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch_sessions)
-            tg.start_soon(self._watch_nodes)
-            tg.start_soon(self._heartbeat)
-            tg.start_soon(self._sync_own)
-            tg.start_soon(self._detect_lost)
+            for part in (
+                self._watch_sessions,
+                self._watch_nodes,
+                self._heartbeat,
+                self._sync_own,
+                self._detect_lost,
+            ):
+                tg.start_soon(self._keep_running, part)
+
+    async def _keep_running(self, part: Any) -> None:
+        """Run one loop of the registry for good: a NATS hiccup must not end the server."""
+        while True:
+            try:
+                await part()
+            except Exception as exc:
+                log.warning("cluster registry: %s failed: %s; restarting it", part.__name__, exc)
+            await anyio.sleep(1.0)
 
     async def _bucket(self, js: Any, name: str, ttl: float | None) -> KeyValue:
         try:
