@@ -63,7 +63,13 @@ def start_nodes(
             )
         )
     with ThreadPoolExecutor(count) as pool:
-        list(pool.map(ServerProcess.start, nodes))
+        started = [pool.submit(node.start) for node in nodes]
+    try:
+        for future in started:
+            future.result()
+    except BaseException:
+        stop_all(nodes)  # none left running when one of them could not start
+        raise
     return nodes
 
 
@@ -71,6 +77,8 @@ def stop_all(nodes: list[ServerProcess]) -> None:
     for node in nodes:
         if node.proc is not None and node.proc.poll() is None:
             node.stop()
+        elif node.proc is not None and hasattr(node, "_log"):
+            node._log.close()
 
 
 def ready(node: ServerProcess) -> httpx.Response:
