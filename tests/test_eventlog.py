@@ -117,3 +117,21 @@ def test_history_is_on_disk_before_it_is_handed_out(tmp_path: Path) -> None:
         bus.close()
 
     asyncio.run(main())
+
+
+def test_an_unwritable_log_keeps_a_bounded_backlog_and_catches_up(tmp_path: Path) -> None:
+    (tmp_path / CURRENT).mkdir()  # a directory where the log belongs
+    files = StateDir(tmp_path)
+    log = EventLog(files, "")
+    assert "events.jsonl" in (files.health.get("eventLog") or "")
+    big = b'{"id":"evt_1_1","type":"log:info","timestamp":"t","data":{"m":"' + b"x" * 65536 + b'"}}'
+    for _ in range(500):  # ~32 MB offered
+        log.append(big)
+        log.flush()
+    assert sum(len(line) for line in log._buffer) <= 8 * 1024 * 1024
+    (tmp_path / CURRENT).rmdir()
+    log._reopen_at = 0.0  # the next flush retries at once
+    log.flush()
+    assert files.health.get("eventLog") is None
+    assert 0 < (tmp_path / CURRENT).read_bytes().count(b"\n") <= 128
+    log.close()

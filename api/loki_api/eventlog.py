@@ -37,6 +37,7 @@ PREVIOUS = "events.1.jsonl"
 HEALTH_KEY = "eventLog"
 # Events kept for a retry while the log cannot be written; older ones are dropped.
 MAX_RETAINED = 10_000
+MAX_RETAINED_BYTES = 8 * 1024 * 1024
 # Seconds between attempts to open a log that could not be opened.
 REOPEN_INTERVAL = 1.0
 _decoder = msgspec.json.Decoder(RawEvent)
@@ -200,8 +201,15 @@ class EventLog:
             self._rotate()
 
     def _retain(self) -> None:
-        """Keep the newest `MAX_RETAINED` unwritten events for the next try."""
-        excess = len(self._buffer) - MAX_RETAINED
+        """Keep the newest unwritten events (at most `MAX_RETAINED`, `MAX_RETAINED_BYTES`)
+        for the next try; older ones are dropped, counted and logged once."""
+        kept = size = 0
+        for line in reversed(self._buffer):
+            if kept == MAX_RETAINED or size + len(line) > MAX_RETAINED_BYTES:
+                break
+            kept += 1
+            size += len(line)
+        excess = len(self._buffer) - kept
         if excess > 0:
             if not self._dropped:
                 log.error("event log unwritable; dropping the oldest unwritten events")
