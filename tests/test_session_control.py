@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from loki_api.sessions import control
+from loki_api.sessions.containment import marked
 from loki_api.sessions.process import (
     MAX_LINES_PER_PUMP,
     READ_CHUNK,
@@ -211,6 +212,22 @@ def test_the_launcher_passes_sigterm_on_and_records_the_signal(tmp_path: Path) -
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(10) == 128 + signal.SIGTERM
     assert recorded_exit_code(tmp_path) == 128 + signal.SIGTERM
+
+
+def test_the_launcher_ends_leftovers_even_when_it_cannot_record_the_exit(tmp_path: Path) -> None:
+    marker = f"launcher-test-{os.getpid()}"
+    env = {**os.environ, "LOKI_SESSION_ID": marker}
+    proc = spawn(
+        ["sh", "-c", "setsid sleep 600 & echo started"],
+        cwd=tmp_path,
+        env=env,
+        output_dir=tmp_path,
+        exit_file=tmp_path / "stdout.txt" / "exit.json",  # under a file: cannot be written
+        grace=0.2,
+    )
+    assert proc.wait(10) == 0  # the launcher waited for the setsid sleeper, then ended it
+    assert marked(marker) == []
+    assert b"cannot record the exit code" in (tmp_path / "stderr.txt").read_bytes()
 
 
 def test_a_missing_program_is_refused_before_spawning(tmp_path: Path) -> None:

@@ -137,7 +137,7 @@ def main(argv: Sequence[str]) -> int:
     else:
         code = wait_for(child.pid)
         child.returncode = code  # reaped above; keep Popen from waiting for it again
-    record_exit(exit_file, code)
+    record_exit(exit_file, code)  # never raises: what CMD left running is ended regardless
     end_leftovers(grace, cgroup)
     if cgroup is not None:
         cgroups.remove(cgroup)
