@@ -377,6 +377,13 @@ async def overflow(srv: InProcessServer) -> None:
             await anyio.sleep(0)
 
 
+TCP_ESTABLISHED = 1  # tcpi_state of Linux's struct tcp_info
+
+
+def tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
 def read_to_end(client: socket.socket, timeout: float = 5.0) -> tuple[bytes, bool]:
     """Everything the server sends until it closes: (data, True if it closed cleanly)."""
     client.settimeout(timeout)
@@ -406,8 +413,10 @@ async def test_a_cut_off_reader_is_disconnected_at_once(
                 data, clean = await anyio.to_thread.run_sync(read_to_end, client)
                 closed_after = time.monotonic() - cut_at
             else:
-                # Its request task and its TCP connection end without it ever reading.
+                # Its request task and its TCP connection end without it ever reading:
+                # the client's own socket leaves ESTABLISHED (a reset after the linger).
                 await wait_for(lambda: not state.tasks and not state.connections, timeout=3)
+                await wait_for(lambda: tcp_state(client) != TCP_ESTABLISHED, timeout=3)
                 read_to_end(client)  # ends (reset, or closed): no timeout waiting for more
         finally:
             client.close()

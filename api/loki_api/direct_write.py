@@ -27,6 +27,8 @@ engaging on it.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from typing import Any
 
 from starlette.types import Send
@@ -103,6 +105,22 @@ class DirectChunkWriter:
         return not self._flow.write_paused
 
 
+def _reset(transport: Any) -> None:
+    """Reset a connection that is still open: RST now, whatever is still queued.
+
+    A plain close would leave the kernel sending the queued bytes (and the FIN
+    behind them) to a client that does not read, for minutes.
+    """
+    if transport.is_closing() and transport.get_write_buffer_size() == 0:
+        return  # closed cleanly, or closing with nothing left to send
+    sock = transport.get_extra_info("socket")
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except (AttributeError, OSError):
+        pass
+    transport.abort()
+
+
 class UvicornCycle:
     """The request cycle of uvicorn (httptools or h11) behind an ASGI `send`."""
 
@@ -148,10 +166,12 @@ class UvicornCycle:
         return False
 
     def hang_up(self, final: bytes) -> None:
-        """Send `final` as the response's last chunk and close the connection now.
+        """Send `final` as the response's last chunk and end the connection now.
 
-        The request's `receive()` returns at once. Bytes the client has not read
-        get `HANGUP_LINGER` seconds to leave, then the connection is reset.
+        The request's `receive()` returns at once. The end is a FIN after what
+        the client has yet to read (a client that reads gets the final comment,
+        then the close); one that has not read it all `HANGUP_LINGER` seconds
+        later gets a reset, which it notices at once, unread bytes or not.
         """
         cycle = self._cycle
         transport = self._transport
@@ -159,11 +179,12 @@ class UvicornCycle:
             ending = self._ending(final)
             if ending:
                 transport.write(ending)
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
+            asyncio.get_running_loop().call_later(HANGUP_LINGER, _reset, transport)
         self._disconnect()  # uvicorn's send writes nothing more once this is set
-        if not transport.is_closing():
-            transport.close()
-        if transport.get_write_buffer_size():
-            asyncio.get_running_loop().call_later(HANGUP_LINGER, transport.abort)
 
     def _ending(self, final: bytes) -> bytes:
         cycle = self._cycle
