@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -218,3 +220,22 @@ def test_a_recorded_cgroup_is_only_taken_back_if_it_could_be_ours(tmp_path: Path
         7,
     ):
         assert cgroups.recorded(planted, "s1") is None, planted
+
+
+@pytest.mark.skipif(not CAN_CGROUP, reason="cannot create cgroup v2 here")
+def test_only_stale_empty_session_cgroups_are_swept(tmp_path: Path) -> None:
+    base = cgroups.session_base()[0]
+    assert base is not None
+    tag = f"sweep-{os.getpid()}"
+    stale, fresh, busy = (cgroups.create(base, f"{tag}-{n}") for n in ("stale", "fresh", "busy"))
+    sleeper = subprocess.Popen(["sleep", "600"], preexec_fn=partial(cgroups.join, busy))
+    try:
+        for path in (stale, busy):
+            os.utime(path, (0, 0))  # made long ago
+        cgroups.remove_stale(base)
+        assert not stale.exists() and fresh.exists() and busy.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for path in (fresh, busy):
+            cgroups.remove(path)

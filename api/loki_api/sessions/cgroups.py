@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 PREFIX = "loki-"
+# An empty session cgroup older than this is litter (its launcher was killed
+# while no server watched); younger, it may be one a server just made.
+STALE_AFTER = 60.0
 
 
 def cgroup2_mounts() -> list[tuple[Path, str]]:
@@ -121,6 +125,28 @@ def remove(path: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def remove_stale(base: Path) -> int:
+    """Remove the empty `loki-*` cgroups under `base` left by killed launchers; how many.
+
+    A populated one is never removed (rmdir refuses it), nor a fresh one.
+    """
+    removed = 0
+    try:
+        entries = list(base.iterdir())
+    except OSError:
+        return 0
+    for path in entries:
+        if not path.name.startswith(PREFIX) or populated(path):
+            continue
+        try:
+            if time.time() - path.stat().st_mtime > STALE_AFTER:
+                path.rmdir()
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def recorded(value: object, session_id: str) -> Path | None:

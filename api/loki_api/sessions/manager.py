@@ -262,6 +262,8 @@ class SessionManager:
                 self._tg = tg
                 try:
                     self.readopt()
+                    if self.cgroup_base is not None and cgroups.remove_stale(self.cgroup_base):
+                        log.info("removed empty session cgroups left by killed launchers")
                     task_status.started()
                     await anyio.sleep_forever()
                 finally:
