@@ -116,7 +116,7 @@ class Batch:
 
 
 class StreamWriter(Protocol):
-    """What the tick needs from a subscriber's stream (`sse.EventStream`)."""
+    """What the tick needs from a subscriber's stream (`sse.SubscriberStream`)."""
 
     def write_pending(self) -> bool:
         """Write the subscriber's `pending` frames (or its end); True if the socket took all."""

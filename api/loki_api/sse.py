@@ -67,7 +67,7 @@ def _resume(coro: Coroutine[Any, Any, Any], blocked_on: Any) -> Generator[Any, A
     return (yield from coro)  # type: ignore[misc]
 
 
-class EventStream:
+class SubscriberStream:
     """ASGI app streaming one subscriber's events; `replay` is sent first."""
 
     def __init__(

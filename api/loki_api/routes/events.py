@@ -17,7 +17,7 @@ from ..models import StreamGap
 from ..params import MAX_LIMIT, json_response, query_int
 from ..responses import JSON_MEDIA_TYPE
 from ..runtime import Runtime
-from ..sse import SSE_HEADERS, EventStream
+from ..sse import SSE_HEADERS, SubscriberStream
 
 # How much of an unusable Last-Event-ID header the `gap` message echoes.
 MAX_ECHOED_ID = 200
@@ -67,7 +67,7 @@ def parse_stream_request(request: Request) -> tuple[EventFilter, int, str | None
     return event_filter, history, last_id
 
 
-async def stream_events(request: Request) -> EventStream:
+async def stream_events(request: Request) -> SubscriberStream:
     """The stream for this request (also served, middleware-free, by `EventStreamApp`)."""
     runtime = runtime_of(request)
     bus: EventBus = runtime.bus
@@ -80,7 +80,7 @@ async def stream_events(request: Request) -> EventStream:
             history = bus.history_size
     # No await between the gap and the subscription: nothing is published in between.
     subscriber, replay = bus.subscribe(event_filter, after_id=last_id, last=history)
-    return EventStream(
+    return SubscriberStream(
         bus,
         subscriber,
         replay,
