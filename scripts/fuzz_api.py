@@ -196,6 +196,22 @@ def operations_reached(spec: dict[str, Any], har_path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def stop_sessions(url: str, timeout: float = 15.0) -> None:
+    """Stop every session still under way, so the next pass starts below the limit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            sessions = httpx.get(f"{url}/api/sessions", timeout=5).json()["sessions"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return
+        active = [s["id"] for s in sessions if s["status"] in ("starting", "running", "paused")]
+        if not active:
+            return
+        for session_id in active:
+            httpx.post(f"{url}/api/sessions/{session_id}/stop", timeout=5)
+        time.sleep(0.2)
+
+
 def print_event_counts(url: str) -> None:
     """What the fuzzing made the sessions do: how far it got past validation."""
     try:
@@ -269,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                 run_phases = [phase for phase in phases if phase in wanted]
                 if not run_phases:
                     continue
+                if name == "stateful":
+                    stop_sessions(url)  # its scenarios start sessions of their own
                 print(f"fuzz: the {name} pass ({', '.join(run_phases)})", flush=True)
                 har = work / f"{name}.har"
                 command = schemathesis_command(

@@ -44,15 +44,18 @@ def test_fuzz_finds_nothing_and_the_stateful_phase_reaches_real_sessions(
     assert result.returncode == 0, output
     for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
         assert f"✅ {phase}" in result.stdout, (phase, output)
-    # The links took the stateful phase past validation to a running session.
+    # The links took the stateful phase past validation to real sessions: each control
+    # route answered for a session that exists (200, or 409 when the session had
+    # moved on by then; random ids only ever meet 404), and a task was read.
     reached = json.loads(summary.read_text())
-    for operation in (
-        "startSession 201",
-        "pauseSession 200",
-        "resumeSession 200",
-        "injectInput 200",
-        "stopSession 200",
-        "getSessionTasks 200",
-        "getSessionTask 200",
-    ):
-        assert reached.get(operation, 0) > 0, (operation, reached)
+
+    def real(operation: str) -> int:
+        return reached.get(f"{operation} 200", 0) + reached.get(f"{operation} 409", 0)
+
+    assert reached.get("startSession 201", 0) > 0, reached
+    for operation in ("pauseSession", "resumeSession", "injectInput", "stopSession"):
+        assert real(operation) > 0, (operation, reached)
+    assert reached.get("getSessionTasks 200", 0) > 0, reached
+    assert reached.get("getSessionTask 200", 0) > 0, reached
+    # And at least one session was paused and stopped by the fuzzer itself.
+    assert reached.get("pauseSession 200", 0) > 0 and reached.get("stopSession 200", 0) > 0, reached
