@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..errors import ApiError, NotFound
+from ..errors import HttpError, NotFound
 from ..security import CONSOLE_ASSETS_PREFIX
 
 CSP = "; ".join(
@@ -96,7 +96,7 @@ def read_files(folder: Traversable) -> ConsoleFiles:
         if entry.is_file() and "." + entry.name.rsplit(".", 1)[-1] in MEDIA_TYPES
     }
     if "index.html" not in files:
-        raise ApiError(f"console files not found in {folder}", status=500, code="INTERNAL_ERROR")
+        raise HttpError(f"console files not found in {folder}", status=500, code="INTERNAL_ERROR")
     digest = hashlib.sha256()
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + files[name] + b"\0")
