@@ -351,7 +351,7 @@ def test_session_errors_are_typed(session_client: LokiClient, loki_dir: Path) ->
     with pytest.raises(ValidationError):
         client.start_session(str(loki_dir / "no-such-prd.md"))
     with pytest.raises(ValidationError):
-        client.start_session(no_such_option=True)
+        client.start_session(timeout=0)  # typed options: the server still checks values
     with pytest.raises(BadRequest):
         client.list_sessions(limit=-5)
     with pytest.raises(ValidationError):
@@ -869,3 +869,89 @@ async def test_a_stream_resuming_past_the_history_reports_the_gap(loki_dir: Path
                     got = [await anext(stream) for _ in range(5)]
     assert [e.data.message for e in got] == ["5", "6", "7", "8", "9"]
     assert gaps == [StreamGap(last_event_id=first.id, resumed_from=got[0].id, missed=5)]
+
+
+# ----------------------------------------------- answers that are not the API's (SPEC §9)
+
+HTML_PAGE = b"<html><body><h1>Sign in to the guest Wi-Fi</h1></body></html>"
+
+
+def _html(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, content=HTML_PAGE, headers={"content-type": "text/html"})
+
+
+def test_an_html_page_instead_of_json_is_a_clear_error() -> None:
+    with LokiClient("http://loki.test", transport=httpx.MockTransport(_html)) as client:
+        with pytest.raises(LokiDecodeError) as caught:
+            client.health()
+    assert "text/html" in str(caught.value) and "application/json" in str(caught.value)
+
+
+def test_an_html_page_on_the_stream_raises_instead_of_reconnecting() -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path == "/api/events/history":
+            return httpx.Response(200, json={"events": [], "count": 0})
+        return _html(request)
+
+    with LokiClient("http://loki.test", transport=httpx.MockTransport(handler)) as client:
+        stream = client.events(reconnect_delay=0)
+        with pytest.raises(LokiDecodeError) as caught:
+            next(stream)
+    assert "text/html" in str(caught.value) and "text/event-stream" in str(caught.value)
+    assert calls.count("/api/events") == 1  # one attempt, not a reconnect loop
+
+
+@pytest.mark.anyio
+async def test_the_async_stream_raises_on_a_wrong_content_type_too() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/events/history":
+            return httpx.Response(200, json={"events": [], "count": 0})
+        return httpx.Response(200, text="{}", headers={"content-type": "application/json"})
+
+    async with AsyncLokiClient(
+        "http://loki.test", transport=httpx.MockTransport(handler)
+    ) as client:
+        with pytest.raises(LokiDecodeError, match="text/event-stream"):
+            async for _ in client.events(reconnect_delay=0):
+                pass
+
+
+def test_start_session_options_are_typed_keywords() -> None:
+    bodies: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        return httpx.Response(201, json={"sessionId": "s1", "status": "running", "message": ""})
+
+    with LokiClient("http://loki.test", transport=httpx.MockTransport(handler)) as client:
+        client.start_session("prd.md", dry_run=True, timeout=2.5)
+        with pytest.raises(TypeError):
+            client.start_session(no_such_option=True)  # type: ignore[call-arg]
+    assert json.loads(bodies[0]) == {
+        "provider": "claude",
+        "prdPath": "prd.md",
+        "options": {"dryRun": True, "timeout": 2.5},
+    }
+
+
+def test_a_users_mypy_sees_the_sdks_types(tmp_path: Path) -> None:
+    """py.typed: results are typed for a user's mypy, and options are checked."""
+    from mypy import api as mypy_api
+
+    user = tmp_path / "user.py"
+    user.write_text(
+        "from loki_client import Health, LokiClient\n"
+        "client = LokiClient()\n"
+        "health: Health = client.health()\n"
+        "reveal_type(client.get_tasks('s1').tasks[0].created_at)\n"
+        "client.start_session(dry_run='yes')\n"
+    )
+    out, _, _ = mypy_api.run(
+        ["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), str(user)]
+    )
+    assert 'Revealed type is "str"' in out or 'Revealed type is "builtins.str"' in out, out
+    assert 'Argument "dry_run" to "start_session" of "LokiClient" has incompatible type' in out
+    assert out.count("error:") == 1, out

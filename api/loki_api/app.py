@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -28,24 +28,27 @@ LOOPBACK_ORIGIN_REGEX = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
 
 
 def cors_middleware(settings: Settings) -> Middleware:
-    common = {
-        "allow_methods": ["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-        "allow_headers": ["Authorization", "X-API-Key", "Content-Type", "Last-Event-ID"],
-        "expose_headers": [
+    origins = [o for o in settings.cors_origins if o != "*"]
+    # Credentials are allowed, so a bare "*" is never honoured: list origins instead.
+    regex = (
+        "|".join(re.escape(o).replace(r"\*", r"[^/]*") for o in origins)
+        if origins
+        else LOOPBACK_ORIGIN_REGEX
+    )
+    return Middleware(
+        CORSMiddleware,
+        allow_origin_regex=regex,
+        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "X-API-Key", "Content-Type", "Last-Event-ID"],
+        expose_headers=[
             "X-RateLimit-Limit",
             "X-RateLimit-Remaining",
             "X-RateLimit-Reset",
             "Retry-After",
         ],
-        "allow_credentials": True,
-        "max_age": 600,
-    }
-    origins = [o for o in settings.cors_origins if o != "*"]
-    if origins:
-        # Credentials are allowed, so a bare "*" is never honoured: list origins instead.
-        regex = "|".join(re.escape(o).replace(r"\*", r"[^/]*") for o in origins)
-        return Middleware(CORSMiddleware, allow_origin_regex=regex, **common)
-    return Middleware(CORSMiddleware, allow_origin_regex=LOOPBACK_ORIGIN_REGEX, **common)
+        allow_credentials=True,
+        max_age=600,
+    )
 
 
 class LokiApp(Starlette):
@@ -84,7 +87,7 @@ def stream_stack(settings: Settings, windows: RateWindows) -> ASGIApp:
     cors = None
     if settings.cors:
         spec = cors_middleware(settings)
-        cors = CORSMiddleware(app=_no_app, **spec.kwargs)
+        cors = CORSMiddleware(app=_no_app, **cast(dict[str, Any], spec.kwargs))
     stream = EventStreamApp(cors)
     app: ASGIApp = stream
     # Refusals (401, 403, 429) carry CORS headers too, so a browser can read them.

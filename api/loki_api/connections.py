@@ -167,10 +167,15 @@ def guarded_protocol(http: str, guard: ConnectionGuard) -> type[Any]:
             http = "h11"
         else:
             http = "httptools"
+    base: type[Any]
     if http == "httptools":
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        base = HttpToolsProtocol
     elif http == "h11":
-        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        base = H11Protocol
     else:
         raise ValueError(f"unknown HTTP protocol {http!r}")
     return type(f"Guarded{base.__name__}", (GuardedProtocol, base), {"guard": guard})

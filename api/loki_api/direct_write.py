@@ -71,7 +71,7 @@ class DirectChunkWriter:
         A wrapper that sets `__wrapped__` (`access.ResponseStart`) only needs to
         see the response start, which went through it already: it is looked through.
         """
-        cycle = getattr(unwrapped(send), "__self__", None)
+        cycle: Any = getattr(unwrapped(send), "__self__", None)
         if type(cycle).__module__ != UVICORN_HTTPTOOLS_CYCLE:
             return None
         try:
@@ -134,7 +134,7 @@ class UvicornCycle:
     @classmethod
     def of(cls, send: Send) -> UvicornCycle | None:
         """The cycle `send` belongs to, or None (another server, an opaque wrapper)."""
-        cycle = getattr(unwrapped(send), "__self__", None)
+        cycle: Any = getattr(unwrapped(send), "__self__", None)
         module = type(cycle).__module__
         if module not in (UVICORN_HTTPTOOLS_CYCLE, UVICORN_H11_CYCLE):
             return None

@@ -193,7 +193,9 @@ async def _starlette_http_error(request: Request, exc: Exception) -> Response:
     elif exc.status_code == 405:
         message = f"Method not allowed: {request.method} {request.url.path}"
         headers = {**(headers or {}), "Allow": allowed_methods(request)}
-    return error_response(exc.status_code, message, headers=headers)
+    return error_response(
+        exc.status_code, message, headers=dict(headers) if headers is not None else None
+    )
 
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]

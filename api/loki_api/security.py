@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_response
 from .settings import Settings, is_loopback_host
@@ -236,7 +236,7 @@ class RateLimitMiddleware:
             await response(scope, receive, send)
             return
 
-        async def send_with_headers(message: dict) -> None:  # type: ignore[type-arg]
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = list(message.get("headers", [])) + headers
             await send(message)

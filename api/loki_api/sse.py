@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import types
 from collections.abc import Coroutine, Generator
-from typing import Any
+from typing import Any, cast
 
 from starlette.types import Message, Receive, Scope, Send
 
@@ -203,7 +203,8 @@ class SubscriberStream:
         cycle = self._cycle
         if cycle is not None and cycle.gone():
             return True  # nobody to write to; receive() now ends the stream
-        coro = self._send(message)
+        # uvicorn's send is a coroutine function: step it by hand (see `_resume`).
+        coro = cast(Coroutine[Any, Any, None], self._send(message))
         try:
             blocked_on = coro.send(None)
         except StopIteration:

@@ -8,7 +8,7 @@
             print(event.type, event.data)
 
 `AsyncLokiClient` has the same methods, awaited. Results are the msgspec
-Structs shared with the server (`loki_api.models`); errors are `LokiError`s.
+Structs shared with the server (`loki_client.models`); errors are `LokiError`s.
 """
 
 from ._async_client import AsyncLokiClient

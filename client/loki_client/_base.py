@@ -2,7 +2,7 @@
 
 Each public method is a `Call` built here (method, path, query, body, and how
 to decode the answer); the sync and async clients only differ in how they send
-it. Answers are decoded straight into the Structs of `loki_api.models`; error
+it. Answers are decoded straight into the Structs of `loki_client.models`; error
 answers become `LokiApiError` subclasses, and httpx's exceptions are translated
 by `translate_http_error`, the SDK's one boundary with httpx.
 """
@@ -10,10 +10,10 @@ by `translate_http_error`, the SDK's one boundary with httpx.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -84,7 +84,7 @@ def _decoder(type_: Any) -> msgspec.json.Decoder[Any]:
 def decode_json(content: bytes, type_: type[T]) -> T:
     """Decode an answer body into `type_`; a mismatch is a `LokiDecodeError`."""
     try:
-        result: T = _decoder(type_).decode(content)
+        result: T = _decoder(cast(Hashable, type_)).decode(content)
     except msgspec.DecodeError as exc:
         raise LokiDecodeError(f"unexpected answer for {type_.__name__}: {exc}") from exc
     return result
@@ -140,6 +140,23 @@ def error_from_response(response: httpx.Response) -> LokiError:
     return api_error(status, body.error, body.code, body.details, _retry_after(response))
 
 
+JSON_MEDIA_TYPE = "application/json"
+SSE_MEDIA_TYPE = "text/event-stream"
+
+
+def expect_media_type(response: httpx.Response, expected: str) -> None:
+    """A success answer of another type (a proxy's or portal's HTML page) is a
+    `LokiDecodeError` naming what came instead; it is never retried."""
+    media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != expected:
+        request = response.request
+        raise LokiDecodeError(
+            f"{request.method} {request.url} answered {response.status_code} with "
+            f"{media_type or 'no content type'}, not {expected}: is this the Loki API "
+            "(or a proxy in front of it)?"
+        )
+
+
 def translate_http_error(exc: httpx.HTTPError | httpx.InvalidURL, url: str) -> LokiError:
     """The SDK's error for an httpx exception (raise it `from exc`)."""
     if isinstance(exc, httpx.TransportError):
@@ -167,6 +184,7 @@ class Call(Generic[T]):
 
     def result(self, response: httpx.Response) -> T:
         if response.status_code in self.ok:
+            expect_media_type(response, JSON_MEDIA_TYPE)
             return self.decode(response.content)
         raise error_from_response(response)
 
@@ -207,20 +225,20 @@ def status() -> Call[Status]:
 
 
 def start_session(
-    prd_path: str | os.PathLike[str] | None, provider: str, options: Mapping[str, Any]
+    prd_path: str | os.PathLike[str] | None,
+    provider: str,
+    dry_run: bool | None,
+    verbose: bool | None,
+    timeout: float | None,
 ) -> Call[SessionActionResponse]:
     body: dict[str, Any] = {"provider": provider}
     if prd_path is not None:
         body["prdPath"] = os.fspath(prd_path)
+    given = {"dryRun": dry_run, "verbose": verbose, "timeout": timeout}
+    options = {name: value for name, value in given.items() if value is not None}
     if options:
-        # The server validates names and values (unknown ones are a 422 ValidationError).
-        body["options"] = {_camel(name): value for name, value in options.items()}
+        body["options"] = options  # the server checks the values (422 ValidationError)
     return Call("POST", "/api/sessions", _typed(SessionActionResponse), json=body)
-
-
-def _camel(name: str) -> str:
-    head, *tail = name.split("_")
-    return head + "".join(word.title() for word in tail)
 
 
 def list_sessions(status: str | None, limit: int | None, offset: int | None) -> Call[SessionList]:

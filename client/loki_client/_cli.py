@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _connection_flags(parser, None)
     # The flags are accepted after the subcommand too; SUPPRESS keeps the first value.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _connection_flags(common, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
@@ -171,8 +171,12 @@ def _sessions(client: LokiClient, args: argparse.Namespace, out: TextIO, colour:
 
 
 def _start(client: LokiClient, args: argparse.Namespace, out: TextIO, colour: bool) -> int:
-    options = {name: True for name in ("dry_run", "verbose") if getattr(args, name)}
-    started = client.start_session(args.prd, provider=args.provider, **options)
+    started = client.start_session(
+        args.prd,
+        provider=args.provider,
+        dry_run=True if args.dry_run else None,
+        verbose=True if args.verbose else None,
+    )
     print(f"{started.session_id} {started.status}: {started.message}", file=out)
     return 0
 

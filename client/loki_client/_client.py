@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 
@@ -38,7 +38,7 @@ class LokiClient:
 
     `base_url` defaults to `LOKI_API_URL`, then `http://127.0.0.1:8420`; `token`
     to `LOKI_API_TOKEN` (sent as `Authorization: Bearer`; loopback needs none).
-    Results are the msgspec Structs of `loki_api.models`; error answers raise
+    Results are the msgspec Structs of `loki_client.models`; error answers raise
     `LokiApiError` subclasses and network failures `LokiConnectionError`.
 
         with LokiClient() as client:
@@ -103,14 +103,19 @@ class LokiClient:
         self,
         prd_path: str | os.PathLike[str] | None = None,
         provider: str = "claude",
-        **options: Any,
+        *,
+        dry_run: bool | None = None,
+        verbose: bool | None = None,
+        timeout: float | None = None,
     ) -> SessionActionResponse:
-        """Start a session. `options`: `dry_run`, `verbose`, `timeout`.
+        """Start a session. `dry_run` and `verbose` are passed to the CLI; `timeout`
+        (seconds, > 0) stops the session if it still runs then. Unset options are
+        left to the server's defaults.
 
         Raises `SessionAlreadyRunning` at the server's session limit and
         `ValidationError` for a bad provider, option or PRD path.
         """
-        return self._send(_base.start_session(prd_path, provider, options))
+        return self._send(_base.start_session(prd_path, provider, dry_run, verbose, timeout))
 
     def list_sessions(
         self, status: str | None = None, limit: int | None = None, offset: int | None = None

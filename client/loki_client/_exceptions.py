@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from loki_api.models import StreamGap
+    from .models import StreamGap
 
 __all__ = [
     "LokiError",

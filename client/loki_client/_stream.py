@@ -47,10 +47,12 @@ import httpx
 import msgspec
 
 from ._base import (
+    SSE_MEDIA_TYPE,
     Call,
     Params,
     decode_event_json,
     error_from_response,
+    expect_media_type,
     newest_event_anchor,
     seq_of,
     stream_anchor,
@@ -170,8 +172,8 @@ class _Resume:
         else:
             base = DEFAULT_RETRY
         if self.failures <= 1:
-            return base
-        return max(base, min(base * 2 ** (self.failures - 1), MAX_BACKOFF))
+            return float(base)
+        return float(max(base, min(base * 2 ** (self.failures - 1), MAX_BACKOFF)))
 
 
 class _StreamBase:
@@ -304,6 +306,7 @@ def _run(
                     if not resume.may_retry(error):
                         raise error
                 else:
+                    expect_media_type(response, SSE_MEDIA_TYPE)  # not a proxy's page
                     resume.opened()
                     decoder = SSEDecoder()
                     for chunk in response.iter_bytes():
@@ -341,6 +344,7 @@ async def _arun(
                     if not resume.may_retry(error):
                         raise error
                 else:
+                    expect_media_type(response, SSE_MEDIA_TYPE)  # not a proxy's page
                     resume.opened()
                     decoder = SSEDecoder()
                     async for chunk in response.aiter_bytes():

@@ -403,7 +403,8 @@ class ClusterBus(EventBus):
         self.connected = True
         self.disconnected_at = None
         nc = self._nc
-        log.info("cluster: reconnected to NATS at %s", nc.connected_url.netloc if nc else "?")
+        url = nc.connected_url if nc is not None else None
+        log.info("cluster: reconnected to NATS at %s", url.netloc if url is not None else "?")
         self.outbox.rewind()  # in order; copies JetStream already has are dropped by msg id
         self._wake.set()
         self._resubscribe = self._sub is not None

@@ -8,7 +8,7 @@ from . import console, events, health, metrics, openapi, sessions, tasks
 
 
 def build_routes(*, console_on: bool = True) -> list[BaseRoute]:
-    api = [
+    api: list[BaseRoute] = [
         *health.routes,
         *events.routes,
         *sessions.routes,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import sys
+from typing import Literal
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -42,7 +43,9 @@ async def health(request: Request) -> Response:
     # reported problem (disk full, a file skipped, no CLI) is degraded: still serving.
     unhealthy = any(not check.ok for name, check in checks.items() if name in runtime.checks)
     problems = runtime.health.reasons()
-    status = "unhealthy" if unhealthy else "degraded" if problems else "healthy"
+    status: Literal["healthy", "degraded", "unhealthy"] = (
+        "unhealthy" if unhealthy else "degraded" if problems else "healthy"
+    )
     body = Health(
         status=status,
         version=__version__,

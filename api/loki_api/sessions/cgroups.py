@@ -26,7 +26,7 @@ STALE_AFTER = 60.0
 
 def cgroup2_mounts() -> list[tuple[Path, str]]:
     """(mount point, root of the hierarchy it shows) of every cgroup2 mount."""
-    mounts = []
+    mounts: list[tuple[Path, str]] = []
     try:
         with open("/proc/self/mountinfo") as file:
             lines = file.read().splitlines()

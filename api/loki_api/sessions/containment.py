@@ -74,7 +74,7 @@ def descendants(root: int) -> list[tuple[int, int]]:
 def marked(session_id: str) -> list[int]:
     """Every process (not this one) whose environment carries `LOKI_SESSION_ID=<id>`."""
     marker = f"LOKI_SESSION_ID={session_id}".encode()
-    found = []
+    found: list[int] = []
     try:
         entries = os.listdir("/proc")
     except OSError:

@@ -25,7 +25,7 @@ import subprocess
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from anyio.abc import TaskGroup
@@ -116,6 +116,10 @@ class Supervised:
         self.cgroup = cgroup
         self.stopping = False
         offsets = offsets or {}
+        streams: tuple[tuple[str, Literal["stdout", "stderr"]], ...] = (
+            (STDOUT_FILE, "stdout"),
+            (STDERR_FILE, "stderr"),
+        )
         self.tails = [
             OutputTail(
                 output_dir / name,
@@ -124,7 +128,7 @@ class Supervised:
                 offset=offsets.get(name),
                 files=files,
             )
-            for name, stream in ((STDOUT_FILE, "stdout"), (STDERR_FILE, "stderr"))
+            for name, stream in streams
         ]
         self.done = anyio.Event()
         # Set when the watcher sees the output files change: read now, not at the next poll.
@@ -588,8 +592,8 @@ class SessionManager:
             if state.id in self._supervised:
                 return state.id
         current = self.store.current_session
-        state = self.store.get(current) if current else None
-        return current if state is not None and state.record.status in ACTIVE_STATUSES else None
+        known = self.store.get(current) if current else None
+        return current if known is not None and known.record.status in ACTIVE_STATUSES else None
 
     # ----------------------------------------------------------------- internals
 
