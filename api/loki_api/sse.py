@@ -33,7 +33,7 @@ from typing import Any, cast
 from starlette.types import Message, Receive, Scope, Send
 
 from .bus import PING_FRAME, Batch, EventBus, StoredEvent, Subscriber
-from .direct_write import DirectChunkWriter, UvicornCycle, chunk
+from .direct_write import DirectChunkWriter, UvicornCycle, chunk, unwrapped
 
 RETRY_MS = 3000
 # Seconds a write may wait for a full socket before the stream is cut off.
@@ -113,6 +113,8 @@ class SubscriberStream:
                     await send(
                         {"type": "http.response.start", "status": 200, "headers": self.headers}
                     )
+                    # Wrappers that only watch the start (the access log) are done with it.
+                    send = self._send = unwrapped(send)
                     body = b"".join(opening)
                     await send({"type": "http.response.body", "body": body, "more_body": True})
             except TimeoutError:
