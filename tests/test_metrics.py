@@ -253,3 +253,30 @@ async def test_live_frames_still_skip_the_access_wrapper(
         message = await stream.next()
         assert message.json()["data"]["message"] == "direct"
     assert any(b"direct" in data for data in writes)
+
+
+def test_cluster_metrics_read_the_nats_link_and_the_forwarder() -> None:
+    """In cluster mode: NATS link state, publish buffer, forwarded control calls."""
+    from types import SimpleNamespace
+
+    from loki_api.metrics import LokiCollector
+
+    class Outbox(list):  # two events waiting for their ack
+        acked = 7
+        lost = 1
+
+    bus = SimpleNamespace(connected=True, outbox=Outbox([0, 0]), last_seq=42)
+    runtime = SimpleNamespace(cluster_bus=bus, forwarder=SimpleNamespace(forwarded=3, served=2))
+    families = {f.name: f for f in LokiCollector(runtime)._cluster()}  # type: ignore[arg-type]
+    sample = {name: f.samples[0].value for name, f in families.items()}
+    assert sample == {
+        "loki_nats_connected": 1,
+        "loki_nats_publish_buffer": 2,
+        "loki_nats_published": 7,
+        "loki_nats_publish_lost": 1,
+        "loki_nats_stream_sequence": 42,
+        "loki_cluster_forwarded": 3,
+        "loki_cluster_forwards_served": 2,
+    }
+    single = SimpleNamespace(cluster_bus=None, forwarder=None)
+    assert list(LokiCollector(single)._cluster()) == []  # type: ignore[arg-type]

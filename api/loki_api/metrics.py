@@ -201,6 +201,18 @@ class LokiCollector:
             "The last stream sequence this node delivered to its subscribers.",
             value=bus.last_seq,
         )
+        forwarder = self.runtime.forwarder
+        if forwarder is not None:
+            yield _counter(
+                "loki_cluster_forwarded",
+                "Control and placement calls this node forwarded to the owning node.",
+                forwarder.forwarded,
+            )
+            yield _counter(
+                "loki_cluster_forwards_served",
+                "Calls other nodes forwarded to this one.",
+                forwarder.served,
+            )
 
     def _http(self) -> Iterator[Metric]:
         http = self.runtime.http
