@@ -280,3 +280,39 @@ def test_cluster_metrics_read_the_nats_link_and_the_forwarder() -> None:
     }
     single = SimpleNamespace(cluster_bus=None, forwarder=None)
     assert list(LokiCollector(single)._cluster()) == []  # type: ignore[arg-type]
+
+
+def test_rejected_state_files_and_storage_errors_are_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from loki_api import statedir
+
+    runtime = Runtime(Settings(loki_dir=tmp_path, max_state_file=1024))
+    files = runtime.files
+    session = files.root / "sessions" / "s1"
+    session.mkdir(parents=True)
+    os.symlink(tmp_path / "elsewhere.json", session / "tasks.json")
+    os.mkfifo(session / "phase.json")
+    (session / "agents.json").write_bytes(b"[" * 100 + b"]" * 100)
+    (session / "session.json").write_bytes(b'{"id": "%s"}' % (b"x" * 2000))
+    for _ in range(2):  # a path that stays bad is counted once
+        for name in ("tasks.json", "phase.json", "agents.json", "session.json"):
+            assert files.read(f"sessions/s1/{name}", json=True) is None
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(statedir, "_os_write", full)
+    with pytest.raises(statedir.StorageUnavailable):
+        files.write_atomic("sessions/s1/STOP", b"stop")
+    samples = parse(generate_latest(runtime.metrics).decode())
+    assert by_label(samples, "loki_state_files_rejected_total", "reason") == {
+        "symlink": 1,
+        "not_regular": 1,
+        "json_shape": 1,
+        "too_large": 1,
+    }
+    assert by_label(samples, "loki_storage_write_errors_total", "what") == {"sessions": 1}

@@ -228,11 +228,6 @@ class EventBus:
     def subscriber_count(self) -> int:
         return sum(len(group) for group in self._groups.values())
 
-    @property
-    def log_write_errors(self) -> int:
-        """Failed writes of the durable log."""
-        return self._log.write_errors if self._log is not None else 0
-
     async def stats(self) -> EventStats:
         """`/api/events/stats` (the cluster bus answers from its stream)."""
         return EventStats(

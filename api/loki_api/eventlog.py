@@ -89,7 +89,6 @@ class EventLog:
         self._fd: int | None = None
         self._size = 0
         self._buffer: list[bytes] = []
-        self.write_errors = 0  # failed flushes, for /metrics
         self._dropped = 0
         self._reopen_at = 0.0
         # Session id -> output file name -> offset published up to (read by `load_tail`).
@@ -186,7 +185,6 @@ class EventLog:
         except OSError as exc:  # a full disk must not stop the stream; say so, retry later
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)  # no half line left behind
-            self.write_errors += 1
             self.files.storage_failed(str(self._path), exc)
             log.debug("cannot write event log %s: %s", self._path, exc)
             self._retain()

@@ -164,13 +164,24 @@ class LokiCollector:
             "Full re-reads of the state directory (start-up, watcher restart, lost events).",
             watcher.rescans,
         )
+        files = runtime.files
+        rejected = CounterMetricFamily(
+            "loki_state_files_rejected",
+            "Paths under .loki/ skipped as unsafe or over a cap (SPEC 3.2), once per path "
+            "and reason, by kind: symlink, not_regular, too_large, json_shape, other.",
+            labels=["reason"],
+        )
+        for kind, count in sorted(files.rejected.items()):
+            rejected.add_metric([kind], count)
+        yield rejected
         errors = CounterMetricFamily(
             "loki_storage_write_errors",
-            "Failed writes of the server's own state, by what was written.",
+            "Writes of the server's own state the storage refused, by area: "
+            "event_log, snapshot, sessions, output, other.",
             labels=["what"],
         )
-        errors.add_metric(["event_log"], runtime.bus.log_write_errors)
-        errors.add_metric(["snapshot"], runtime.snapshot_write_errors)
+        for area, count in sorted(files.write_errors.items()):
+            errors.add_metric([area], count)
         yield errors
 
     def _cluster(self) -> Iterator[Metric]:

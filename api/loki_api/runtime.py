@@ -90,7 +90,6 @@ class Runtime:
         self.watcher = StateWatcher(settings, self.store, self.bus, on_output=on_output)
         self.add_check("watcher", self.watcher.problem)
         self.cli_problem()  # reports an unrunnable CLI on /health from the start
-        self.snapshot_write_errors = 0
         self.http = HttpTally()  # filled by `access.AccessMiddleware`
         # This app's own registry: two apps in one process each export their own numbers.
         self.metrics = metrics_registry(self)
@@ -159,7 +158,6 @@ class Runtime:
                 else:
                     self.snapshots.save(session_id, snapshot)
             except OSError as exc:
-                self.snapshot_write_errors += 1
                 if not isinstance(exc, StateDirError):  # on /health already (storage, stateFiles)
                     log.warning("cannot save the state snapshot of %s: %s", session_id, exc)
                 self.store.changed.add(session_id)

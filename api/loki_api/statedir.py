@@ -162,6 +162,33 @@ def _describe(mode: int) -> str:
     return "not a regular file"
 
 
+def rejection_kind(reason: str) -> str:
+    """The `reason` label of `loki_state_files_rejected_total` for a skip's message."""
+    if reason == "a symbolic link":
+        return "symlink"
+    if reason in ("a directory", "a FIFO", "a socket", "a device", "not a regular file"):
+        return "not_regular"
+    if "over the cap" in reason:
+        return "too_large"
+    if "JSON" in reason:
+        return "json_shape"
+    return "other"
+
+
+def write_area(what: str) -> str:
+    """The `what` label of `loki_storage_write_errors_total` for a path we failed to write."""
+    parts = PurePath(what).parts
+    if "snapshots" in parts:
+        return "snapshot"
+    if "events" in parts:
+        return "event_log"
+    if "sessions" in parts:
+        return "sessions"
+    if "output" in parts:
+        return "output"
+    return "other"
+
+
 class StateDir:
     """`.loki/` opened safely; paths are relative to it (or absolute paths inside it)."""
 
@@ -174,6 +201,10 @@ class StateDir:
         # Paths skipped while they stay bad, by parent directory: name → reason.
         self._skipped: dict[tuple[str, ...], dict[str, str]] = {}
         self._skipped_count = 0
+        # For /metrics (plain counters): paths skipped, once per path and reason, by
+        # `rejection_kind`; our writes the storage refused, by `write_area`.
+        self.rejected: dict[str, int] = {}
+        self.write_errors: dict[str, int] = {}
 
     # ------------------------------------------------------------------ paths
 
@@ -249,6 +280,8 @@ class StateDir:
             return
         if name not in known:
             self._skipped_count += 1
+        kind = rejection_kind(reason)
+        self.rejected[kind] = self.rejected.get(kind, 0) + 1
         if self._skipped_count > MAX_SKIPPED:
             log.debug("skipping %s under %s: %s", self._name(parts), self.root, reason)
         else:
@@ -493,6 +526,8 @@ class StateDir:
 
     def storage_failed(self, what: str, exc: OSError) -> None:
         """A write of ours failed: `/health/ready` fails under `storage` until one succeeds."""
+        area = write_area(what)
+        self.write_errors[area] = self.write_errors.get(area, 0) + 1
         if exc.errno in STORAGE_ERRNOS:
             reason = f"cannot write .loki/{what}: {exc.strerror or exc}"
             self.health.report(STORAGE_KEY, reason, blocks_ready=True)
