@@ -122,8 +122,21 @@ async def run(args: Any) -> dict[str, Any]:
         followers = [Follower() for _ in range(args.clients)]
         deadline = time.monotonic() + lines / args.rate + args.kills * 10 + 30
         tasks = [asyncio.ensure_future(follow(f, where, path, lines, deadline)) for f in followers]
-        while request(server.url, "GET", "/api/events/stats")[1]["subscribers"] < args.clients:
-            await asyncio.sleep(0.02)
+
+        async def all_subscribed() -> None:
+            # Every client still following is connected to this server: the next
+            # kill hits each of them (on a loaded machine a reconnect can take longer
+            # than a gap, and a client would skip a whole server's lifetime).
+            while time.monotonic() < deadline:
+                following = sum(not task.done() for task in tasks)
+                stats = await loop.run_in_executor(
+                    None, request, server.url, "GET", "/api/events/stats"
+                )
+                if stats[1]["subscribers"] >= following:
+                    return
+                await asyncio.sleep(0.02)
+
+        await all_subscribed()
         go(server.loki_dir, lines=lines, rate=args.rate)
         kills = []
         for _ in range(args.kills):
@@ -133,6 +146,7 @@ async def run(args: Any) -> dict[str, Any]:
             await loop.run_in_executor(None, server.start)
             where.update(address(server.url))
             kills.append(round(time.monotonic() - killed_at, 3))
+            await all_subscribed()
         await asyncio.gather(*tasks)
     reports = [f.report(lines) for f in followers]
     totals = {key: sum(r[key] for r in reports) for key in reports[0]}
