@@ -46,4 +46,8 @@ def test_every_line_exactly_once_across_sigkills(tmp_path: Path) -> None:
     for client in results["per_client"]:
         counts = (client["duplicates"], client["losses"], client["out_of_order"])
         assert counts == (0, 0, 0), context
-        assert client["connections"] >= 4, context  # it really resumed after every kill
+        # It really resumed after every kill that came before its last line (on a
+        # loaded machine the lines may run out before the last kill), and the first
+        # kill always comes while lines flow.
+        assert client["kills_lived"] >= 1, context
+        assert client["connections"] >= 1 + client["kills_lived"], context

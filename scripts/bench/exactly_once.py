@@ -51,6 +51,10 @@ class Follower:
         self.got: list[tuple[int, int]] = []
         self.last_id: bytes | None = None
         self.connections = 0
+        self.kills_lived = 0  # kills while it still waited for lines: each needs a reconnect
+
+    def finished(self, lines: int) -> bool:
+        return bool(self.got) and self.got[-1][1] >= lines
 
     def on_frames(self, block: bytes, _ns: int) -> None:
         for frame in block.split(b"\n\n"):
@@ -76,6 +80,7 @@ class Follower:
             "losses": sum(1 for n in range(1, lines + 1) if n not in counts),
             "out_of_order": sum(1 for a, b in zip(seqs, seqs[1:], strict=False) if b <= a),
             "connections": self.connections,
+            "kills_lived": self.kills_lived,
         }
 
 
@@ -84,7 +89,7 @@ async def follow(
 ) -> None:
     """Stay subscribed (reconnecting after every drop) until the last line arrived."""
     while time.monotonic() < deadline:
-        if follower.got and follower.got[-1][1] >= lines:
+        if follower.finished(lines):
             return
         try:
             stream = await open_sse(
@@ -96,7 +101,7 @@ async def follow(
         follower.connections += 1
         try:
             while not stream.closed.done():
-                if follower.got and follower.got[-1][1] >= lines:
+                if follower.finished(lines):
                     return
                 await asyncio.wait({stream.closed}, timeout=0.1)
         finally:
@@ -141,6 +146,9 @@ async def run(args: Any) -> dict[str, Any]:
         kills = []
         for _ in range(args.kills):
             await asyncio.sleep(rng.uniform(args.min_gap, args.max_gap))
+            for follower in followers:
+                if not follower.finished(lines):
+                    follower.kills_lived += 1
             killed_at = time.monotonic()
             await loop.run_in_executor(None, server.kill)
             await loop.run_in_executor(None, server.start)
