@@ -204,6 +204,18 @@ def test_a_session_started_from_the_form_runs_to_completed(
             "() => [...document.querySelectorAll('#feed-list .vrow:not([hidden]) .c-type')]"
             ".map((cell) => cell.textContent).join() === 'session:started,session:completed'"
         )
+        # The level filter hides log events below it and keeps the other types.
+        page.select_option("#feed-type", "")
+        page.select_option("#feed-level", "warn")
+        view.wait_for(
+            "() => { const types = [...document.querySelectorAll("
+            "'#feed-list .vrow:not([hidden]) .c-type')].map((cell) => cell.textContent);"
+            " return types.includes('session:completed')"
+            " && !types.some((t) => t === 'log:info' || t === 'log:debug'); }"
+        )
+        quiet = "(e) => e.type === 'log:info' || e.type === 'log:debug'"
+        assert view.js(f"() => window.lokiConsole.feed.all.some({quiet})")
+        assert not view.js(f"() => window.lokiConsole.feed.shown.some({quiet})")
 
 
 def test_pause_resume_input_stop_and_delete_through_the_buttons(
@@ -215,6 +227,10 @@ def test_pause_resume_input_stop_and_delete_through_the_buttons(
         view = console(server.url)
         page = view.open(f"#session={sid}")
         page.wait_for_selector("#sv-status.s-running")
+        # One session at a time (--max-sessions 1): the form says why it cannot start another.
+        page.click("#start-button")
+        error = page.wait_for_selector("#start-error:not([hidden])")
+        assert "already running" in (error.text_content() or "")
 
         page.click("#btn-pause")
         wait_rest(server, path, lambda d: d["session"]["status"] == "paused")
@@ -384,11 +400,9 @@ def test_gap_event_and_cluster_nodes_are_shown(
             "data": {"level": "warn", "message": "after the gap"},
         }
         gap = {"lastEventId": "evt_2_1", "resumedFrom": "evt_9_1795000000000", "missed": 6}
-        body = (
-            "retry: 600000\n\n"
-            f"event: gap\ndata: {json.dumps(gap)}\n\n"
-            f"id: {envelope['id']}\nevent: log:warn\ndata: {json.dumps(envelope)}\n\n"
-        )
+        frame = f"id: {envelope['id']}\nevent: log:warn\ndata: {json.dumps(envelope)}\n\n"
+        # The same event twice (as a buggy proxy might replay it): shown once.
+        body = f"retry: 600000\n\nevent: gap\ndata: {json.dumps(gap)}\n\n{frame}{frame}"
         view.page.route(
             "**/api/status*",
             lambda route: route.fulfill(json=status),
@@ -404,6 +418,8 @@ def test_gap_event_and_cluster_nodes_are_shown(
         assert "missed 6 event(s)" in (row.text_content() or "")
         assert "evt_9_1795000000000" in (row.text_content() or "")
         view.wait_for("() => window.lokiConsole.feed.ids().includes('evt_9_1795000000000')")
+        page.wait_for_function("() => window.lokiConsole.stream.duplicates === 1")
+        assert view.feed_ids() == ["evt_9_1795000000000"]
         page.wait_for_selector("#nodes-panel:not([hidden])")
         rows = page.locator("#node-list li").all_text_contents()
         assert rows[0].startswith("node-a (this node)") and "1 running of 2 · 1 free" in rows[0]
