@@ -44,7 +44,8 @@ export class Api {
 
   async request(method, path, { params, body } = {}) {
     const headers = { Accept: 'application/json' };
-    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    const token = this.token;
+    if (token) headers.Authorization = `Bearer ${token}`;
     const init = { method, headers, cache: 'no-store' };
     if (body !== undefined) {
       headers['Content-Type'] = 'application/json';
@@ -60,7 +61,8 @@ export class Api {
     if (response.ok) return data;
     const message = (data && data.error) || `${response.status} ${response.statusText}`;
     const error = new ApiError(message, (data && data.code) || 'HTTP_ERROR', response.status, data && data.details);
-    if (response.status === 401) this.onUnauthorized(message);
+    // A 401 to a request sent before the person gave a new token is no reason to ask again.
+    if (response.status === 401 && this.token === token) this.onUnauthorized(message);
     throw error;
   }
 
