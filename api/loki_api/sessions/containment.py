@@ -34,7 +34,7 @@ def become_subreaper() -> bool:
         return False
 
 
-def _living_processes() -> dict[int, tuple[int, int]]:
+def living_processes() -> dict[int, tuple[int, int]]:
     """pid → (parent pid, process group) of every process that is not a zombie."""
     table: dict[int, tuple[int, int]] = {}
     try:
@@ -59,7 +59,7 @@ def _living_processes() -> dict[int, tuple[int, int]]:
 def descendants(root: int) -> list[tuple[int, int]]:
     """(pid, process group) of every living descendant of `root`, parents first."""
     children: dict[int, list[int]] = {}
-    table = _living_processes()
+    table = living_processes()
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
     found: list[tuple[int, int]] = []

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..models import Model
 from ..statedir import StateDir
-from .containment import marked
+from .containment import living_processes, marked
 from .output import LineSplitter, Stream, parse_line
 
 STDOUT_FILE = "stdout.txt"
@@ -278,23 +278,10 @@ def group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
+    table = living_processes()
+    if not table:  # /proc unreadable: killpg said the group exists
         return True
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as file:
-                stat = file.read()
-        except OSError:
-            continue
-        tail = stat[stat.rfind(b")") + 2 :].split()
-        # Fields after the name: state, ppid, pgrp, ...
-        if len(tail) > 2 and int(tail[2]) == pgid and tail[0] not in (b"Z", b"X"):
-            return True
-    return False
+    return any(group == pgid for _, group in table.values())
 
 
 def signal_group(pgid: int, sig: int) -> bool:
