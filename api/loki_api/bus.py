@@ -462,6 +462,26 @@ class EventBus:
         group.waiting.add(subscriber)  # until its stream has sent the opening
         return subscriber, replay
 
+    async def open_subscription(
+        self, event_filter: EventFilter, *, after_id: str | None, last: int
+    ) -> tuple[Subscriber, list[StoredEvent], StreamGap | None]:
+        """A new stream's subscriber, the history it replays first, and the gap it is told of.
+
+        `after_id` is a `Last-Event-ID` (taken as it came; see `resume_gap`), `last`
+        is `history=N`. An id that is not ours replays everything held. Nothing
+        is awaited here, so nothing is published between the gap and the
+        subscription; it is a coroutine because the cluster bus first reads what
+        its ring no longer holds from the JetStream stream.
+        """
+        gap = None
+        if after_id is not None:
+            gap = self.resume_gap(after_id)
+            if gap is not None and gap.missed is None:
+                after_id = None
+                last = self.history_size
+        subscriber, replay = self.subscribe(event_filter, after_id=after_id, last=last)
+        return subscriber, replay, gap
+
     def unsubscribe(self, subscriber: Subscriber) -> None:
         group = self._groups.get(subscriber.filter)
         if group is not None:
@@ -554,6 +574,12 @@ class EventBus:
             if stored.seq == seq:
                 return stored.id
         return None
+
+    async def page(
+        self, event_filter: EventFilter, *, limit: int, after_id: str | None
+    ) -> list[StoredEvent]:
+        """`/api/events/history` (the cluster bus reads what its ring lost from its stream)."""
+        return self.history(event_filter, limit=limit, after_id=after_id)
 
     def history(
         self,

@@ -46,13 +46,16 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
-from ..bus import EventBus, StoredEvent, iso_timestamp
+from ..bus import EVENT_ID, EventBus, StoredEvent, Subscriber, iso_timestamp
 from ..encoding import encode
+from ..eventlog import seq_of
+from ..filters import EventFilter
 from ..health_problems import HealthProblems
-from ..models import ClusterInfo, Event, EventStats, NatsState
+from ..models import ClusterInfo, Event, EventStats, NatsState, StreamGap
 from ..settings import Settings
 from .names import ClusterNames
 from .outbox import Outbox
+from .replay import read_range, stored_event
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +75,6 @@ HEARTBEAT = 0.5
 STALL = 3.0
 # How long start-up waits to have the last --history events before serving anyway.
 CATCH_UP = 10.0
-# What `publish` puts where the id goes; the consumer swaps the 0 for the stream sequence.
-PROVISIONAL = b'{"id":"evt_0_'
 
 
 def connect_options(settings: Settings) -> dict[str, Any]:
@@ -199,26 +200,12 @@ class ClusterBus(EventBus):
         if seq <= self._seq:
             return  # a recreated consumer delivers again from where we asked
         self._delivered_at = time.monotonic()
-        payload = msg.data
-        start = len(PROVISIONAL)
-        end = payload.find(b'"', start)
-        if not payload.startswith(PROVISIONAL) or end < 0:
-            log.warning("skipping stream message %d: not a Loki event envelope", seq)
-            self._seq = seq
-            return
-        event_id = f"evt_{seq}_{payload[start:end].decode()}"
-        event_type, session_id = self.names.parse(msg.subject)
         self._seq = seq
-        self._deliver(
-            StoredEvent(
-                seq,
-                event_id,
-                event_type,
-                session_id,
-                b'{"id":"%s%s' % (event_id.encode(), payload[end:]),
-            ),
-            time.time(),
-        )
+        stored = stored_event(self.names, seq, msg.subject, msg.data)
+        if stored is None:
+            log.warning("skipping stream message %d: not a Loki event envelope", seq)
+            return
+        self._deliver(stored, time.time())
 
     async def _subscribe(self, first_seq: int) -> None:
         assert self._js is not None
@@ -238,6 +225,120 @@ class ClusterBus(EventBus):
             config=ConsumerConfig(opt_start_seq=max(first_seq, 1)),
         )
         self._delivered_at = time.monotonic()
+
+    # -------------------------------------------------- replay from the stream
+
+    def _older_than_ring(self, after_id: str | None) -> int | None:
+        """The sequence of `after_id` when it is ours but older than the ring (else None)."""
+        if after_id is None or self._js is None or not self.connected:
+            return None
+        if EVENT_ID.fullmatch(after_id) is None:
+            return None
+        seq = seq_of(after_id)
+        if seq is None or seq > self._seq or seq >= self._first_held() - 1:
+            return None
+        return seq
+
+    def _first_held(self) -> int:
+        history = self._history
+        return history[0].seq if history else self._seq + 1
+
+    async def open_subscription(
+        self, event_filter: EventFilter, *, after_id: str | None, last: int
+    ) -> tuple[Subscriber, list[StoredEvent], StreamGap | None]:
+        """As on one node, but a `Last-Event-ID` older than the ring is replayed from the stream.
+
+        The ring keeps moving while the stream is read, so the read goes on until
+        it meets the ring; then the subscription is made without an await, and
+        the ring's part follows the stream's with no gap and no repeat. The
+        stream does not reach back far enough: a gap from its oldest event.
+        NATS unreachable: answered from the ring alone, as on one node.
+        """
+        seq = self._older_than_ring(after_id)
+        if seq is None:
+            return await super().open_subscription(event_filter, after_id=after_id, last=last)
+        assert after_id is not None and self._js is not None
+        older: list[StoredEvent] = []
+        first: StoredEvent | None = None
+        cursor = seq
+        deadline = time.monotonic() + CATCH_UP
+        try:
+            while cursor < self._first_held() - 1:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the ring moved on faster than the stream could be read")
+                found = await read_range(
+                    self._js,
+                    self.names,
+                    max(cursor, 1) if first is None else cursor + 1,
+                    self._first_held() - 1,
+                    lambda stored: (
+                        stored.seq > seq and event_filter.matches(stored.type, stored.session_id)
+                    ),
+                )
+                if first is None:
+                    first = found.first
+                    if first is None:
+                        break  # the stream no longer has any of it: the ring's gap
+                older.extend(found.events)
+                cursor = max(cursor, found.cursor)
+        except Exception as exc:
+            log.warning("cannot replay from the event stream (%s); using the ring", describe(exc))
+            return await super().open_subscription(event_filter, after_id=after_id, last=last)
+        if first is None:
+            return await super().open_subscription(event_filter, after_id=after_id, last=last)
+        gap = None
+        if first.seq > max(seq, 1):  # older than the stream's retention
+            gap = StreamGap(
+                last_event_id=after_id, resumed_from=first.id, missed=first.seq - 1 - seq
+            )
+        elif first.seq == seq and first.id != after_id and not after_id.endswith("_0"):
+            # A sequence we hold under another id: not ours, so everything held, as on one node.
+            self.gaps += 1
+            gap = StreamGap(last_event_id=after_id, resumed_from=self._oldest_id(), missed=None)
+            subscriber, replay = self.subscribe(event_filter, last=self.history_size)
+            return subscriber, replay, gap
+        if gap is not None:
+            self.gaps += 1
+        subscriber, replay = self.subscribe(event_filter, after_id=f"evt_{cursor}_0")
+        self.replayed += len(older)
+        return subscriber, older + replay, gap
+
+    def _oldest_id(self) -> str | None:
+        history = self._history
+        return history[0].id if history else None
+
+    async def page(
+        self, event_filter: EventFilter, *, limit: int, after_id: str | None
+    ) -> list[StoredEvent]:
+        """`/api/events/history?after=`: what the ring no longer holds is read from the stream."""
+        seq = self._older_than_ring(after_id)
+        if seq is None or limit <= 0:
+            return await super().page(event_filter, limit=limit, after_id=after_id)
+        assert self._js is not None
+        older: list[StoredEvent] = []
+        cursor = seq
+        try:
+            while cursor < self._first_held() - 1 and len(older) < limit:
+                found = await read_range(
+                    self._js,
+                    self.names,
+                    cursor + 1,
+                    self._first_held() - 1,
+                    lambda stored: event_filter.matches(stored.type, stored.session_id),
+                    limit - len(older),
+                )
+                older.extend(found.events)
+                if found.cursor <= cursor:
+                    break
+                cursor = found.cursor
+        except Exception as exc:
+            log.warning("cannot page the event stream (%s); using the ring", describe(exc))
+            return await super().page(event_filter, limit=limit, after_id=after_id)
+        if len(older) >= limit:
+            return older
+        return older + self.history(
+            event_filter, limit=limit - len(older), after_id=f"evt_{cursor}_0"
+        )
 
     # -------------------------------------------------------------- lifetime
 

@@ -13,7 +13,6 @@ from ..bus import EVENT_ID, EventBus, gap_frame
 from ..errors import BadRequest, HttpError, error_response
 from ..eventlog import seq_of
 from ..filters import EventFilter, FilterError
-from ..models import StreamGap
 from ..params import MAX_LIMIT, json_response, query_int
 from ..responses import JSON_MEDIA_TYPE
 from ..runtime import Runtime
@@ -72,14 +71,9 @@ async def stream_events(request: Request) -> SubscriberStream:
     runtime = runtime_of(request)
     bus: EventBus = runtime.bus
     event_filter, history, last_id = parse_stream_request(request)
-    gap: StreamGap | None = None
-    if last_id is not None:
-        gap = bus.resume_gap(last_id)
-        if gap is not None and gap.missed is None:
-            last_id = None  # not our id: replay everything held instead
-            history = bus.history_size
-    # No await between the gap and the subscription: nothing is published in between.
-    subscriber, replay = bus.subscribe(event_filter, after_id=last_id, last=history)
+    subscriber, replay, gap = await bus.open_subscription(
+        event_filter, after_id=last_id, last=history
+    )
     return SubscriberStream(
         bus,
         subscriber,
@@ -138,9 +132,9 @@ class EventStreamApp:
 async def event_history(request: Request) -> Response:
     bus = runtime_of(request).bus
     event_filter = parse_filter(request)
-    limit = query_int(request, "limit", default=100, maximum=MAX_LIMIT)
+    limit = query_int(request, "limit", default=100, maximum=MAX_LIMIT) or 0
     after = parse_event_id(request.query_params.get("after"), "after")
-    events = bus.history(event_filter, limit=limit, after_id=after)
+    events = await bus.page(event_filter, limit=limit, after_id=after)
     # The stored envelopes are already JSON: splice them in instead of re-encoding.
     body = b'{"events":[%s],"count":%d}' % (b",".join(e.json for e in events), len(events))
     return Response(body, media_type=JSON_MEDIA_TYPE)
