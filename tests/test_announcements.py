@@ -117,6 +117,14 @@ def test_a_spawn_line_without_an_id_and_the_agents_file_are_one_agent() -> None:
     assert b.admit("agent:spawned", line)  # a new developer once the first has finished
     assert None is b.admit("agent:spawned", AgentEventData(agent_id="agent-002", type="developer"))
 
+    c = Announcements()
+    assert c.admit("agent:spawned", line)
+    # Its end is printed before the agents file naming it is read (a late file event).
+    ended = c.admit("agent:completed", named)
+    assert ended is not None and ended.agent_id == "developer"
+    assert None is c.admit("agent:spawned", named)  # the late file: repeats only
+    assert None is c.admit("agent:completed", named)
+
 
 def test_a_phase_line_completes_the_previous_phase_first(tmp_path: Path) -> None:
     bus = EventBus()

@@ -787,6 +787,7 @@ class SessionManager:
         sup.done.set()
         # The launcher ends them all on its way out; not if it was killed itself.
         self._end_leftovers(sup.id, sup.cgroup)
+        self.store.reread(sup.id)  # what it wrote last, before its end is said
         state = self.store.get(sup.id)
         if state is None:
             return

@@ -115,6 +115,11 @@ class Announcements:
         self.active_types.pop(agent_id, None)
         if agent_id in self.agent_ended:
             return False
+        if agent_id not in self.agent_spawned and self.unnamed.get(agent_type):
+            # It ends before the state files named it (their change can come late):
+            # the agent its spawn line announced, under the id subscribers know.
+            self.unnamed[agent_type] -= 1
+            self.aliases[agent_id] = unnamed_agent_id(agent_type)
         self.agent_ended.add(agent_id)
         self.agent_spawned.add(agent_id)
         return True
