@@ -11,8 +11,9 @@ schemathesis' phases with every check (`--checks all`; settings in
 `scripts/schemathesis.toml`): examples, coverage and fuzzing over every REST
 operation; the stateful phase, which follows the document's links (start a
 session, then pause/resume/input/stop it, read its tasks, delete it; a 409 at
-the session limit leads to the session in the way); then a short pass over
-`/api/events`, each stream read for at most a second. It prints what the stateful
+the session limit leads to the session in the way); and, alongside those two, a
+pass over `/api/events`, each stream read until a second of silence (it mostly
+waits, so it runs beside them rather than after). It prints what the stateful
 pass reached, as `operation status: count` (`--summary` writes it as JSON).
 A case fails on a 5xx, a status code the document does not list, a wrong
 content type, a body (or stream message) that breaks its schema, an invalid
@@ -113,14 +114,16 @@ class Server:
             self.proc.wait()
 
 
-# The passes, in order: (name, operations, phases, how many cases: an attribute of args).
-# REST first: the sessions it starts fill the history the stream pass replays. The
-# stateful phase runs apart, with its own number of scenarios: a scenario follows
-# the document's links from a started session to pause/resume/input/stop and tasks.
+# The passes: (name, operations, phases, how many cases: an attribute of args).
+# The stream pass runs beside the other two: it mostly waits (each valid stream is
+# read until its timeout), and the sessions the REST passes start fill the history
+# it replays and send live events to the streams it holds open. The REST passes run
+# one after the other; the stateful phase has its own number of scenarios: a scenario
+# follows the document's links from a started session to pause/resume/input/stop and tasks.
+STREAM_PASS = ("stream", "stream", ("examples", "coverage", "fuzzing"), "stream_examples")
 PASSES = (
     ("rest", "rest", ("examples", "coverage", "fuzzing"), "max_examples"),
     ("stateful", "rest", ("stateful",), "stateful_examples"),
-    ("stream", "stream", ("examples", "coverage", "fuzzing"), "stream_examples"),
 )
 
 
@@ -139,7 +142,7 @@ def schemathesis_command(
     timeout (and no stateful phase: no links lead to the stream).
     """
     scope = (
-        ["--include-path", "/api/events", "--request-timeout", "1"]
+        ["--include-path", "/api/events", "--request-timeout", str(args.stream_timeout)]
         if operations == "stream"
         else ["--exclude-path", "/api/events", "--request-timeout", "10"]
     )
@@ -245,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         help="cases for /api/events, each read for up to 1 s (5)",
     )
     parser.add_argument(
+        "--stream-timeout",
+        type=float,
+        default=1.0,
+        help="seconds of silence after which a stream case stops reading (1)",
+    )
+    parser.add_argument(
         "--stateful-examples",
         type=int,
         default=50,
@@ -281,29 +290,51 @@ def main(argv: list[str] | None = None) -> int:
         try:
             code = 0
             wanted = set(args.phases.split(","))
-            for name, operations, phases, examples in PASSES:
-                run_phases = [phase for phase in phases if phase in wanted]
-                if not run_phases:
-                    continue
-                if name == "stateful":
-                    stop_sessions(url)  # its scenarios start sessions of their own
-                print(f"fuzz: the {name} pass ({', '.join(run_phases)})", flush=True)
-                har = work / f"{name}.har"
-                command = schemathesis_command(
-                    url,
-                    args,
-                    [*extra, "--report", "har", "--report-har-path", str(har)],
-                    operations,
-                    run_phases,
-                    getattr(args, examples),
+
+            def command(name: str, operations: str, phases: list[str], examples: str) -> list[str]:
+                report = ["--report", "har", "--report-har-path", str(work / f"{name}.har")]
+                return schemathesis_command(
+                    url, args, [*extra, *report], operations, phases, getattr(args, examples)
                 )
-                code = subprocess.call(command, cwd=work) or code
-                if name == "stateful":
-                    spec = httpx.get(f"{url}/openapi.json", timeout=10).json()
-                    reached = operations_reached(spec, har)
-                    print(f"fuzz: the stateful pass reached (operation status: count): {reached}")
-                    if args.summary is not None:
-                        args.summary.write_text(json.dumps(reached, indent=1) + "\n")
+
+            stream: subprocess.Popen[bytes] | None = None
+            stream_out = work / "stream.out"
+            name, operations, phases, examples = STREAM_PASS
+            stream_phases = [phase for phase in phases if phase in wanted]
+            if stream_phases:
+                print(f"fuzz: the stream pass ({', '.join(stream_phases)}), alongside", flush=True)
+                with open(stream_out, "wb") as out:
+                    stream = subprocess.Popen(
+                        command(name, operations, stream_phases, examples),
+                        cwd=work,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+            try:
+                for name, operations, phases, examples in PASSES:
+                    run_phases = [phase for phase in phases if phase in wanted]
+                    if not run_phases:
+                        continue
+                    if name == "stateful":
+                        stop_sessions(url)  # its scenarios start sessions of their own
+                    print(f"fuzz: the {name} pass ({', '.join(run_phases)})", flush=True)
+                    code = (
+                        subprocess.call(command(name, operations, run_phases, examples), cwd=work)
+                        or code
+                    )
+                    if name == "stateful":
+                        spec = httpx.get(f"{url}/openapi.json", timeout=10).json()
+                        reached = operations_reached(spec, work / f"{name}.har")
+                        print(
+                            f"fuzz: the stateful pass reached (operation status: count): {reached}"
+                        )
+                        if args.summary is not None:
+                            args.summary.write_text(json.dumps(reached, indent=1) + "\n")
+            finally:
+                if stream is not None:
+                    code = stream.wait() or code
+                    print("fuzz: the stream pass:", flush=True)
+                    print(stream_out.read_text(errors="replace"), flush=True)
             print_event_counts(url)
         finally:
             if server is not None:

@@ -3,13 +3,16 @@
 All four phases (examples, coverage, fuzzing, stateful) with `--checks all`: fails
 on any 5xx, an undocumented status code or content type, a body that breaks its
 schema, an invalid request accepted or a valid one refused. Few cases per
-operation and a fixed seed, so CI stays around a minute and a failure reproduces;
-`scripts/fuzz_long` is the long run.
+operation and a fixed seed, so CI stays around 20 s and a failure reproduces;
+`LOKI_FUZZ_EXAMPLES=N` asks for more (N cases per operation, 4N stateful scenarios;
+default 5), `scripts/fuzz_long` is the long run. Stream cases stop reading after
+half a second of silence: a valid stream with nothing to send says all it has by then.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,16 +26,19 @@ def test_fuzz_finds_nothing_and_the_stateful_phase_reaches_real_sessions(
     tmp_path: Path,
 ) -> None:
     summary = tmp_path / "reached.json"
+    examples = int(os.environ.get("LOKI_FUZZ_EXAMPLES") or 5)
     result = subprocess.run(
         [
             sys.executable,
             str(ROOT / "scripts" / "fuzz_api.py"),
             "--max-examples",
-            "5",
+            str(examples),
             "--stateful-examples",
-            "20",
+            str(max(20, 4 * examples)),
             "--stream-examples",
             "3",
+            "--stream-timeout",
+            "0.5",
             "--seed",
             "20261123",
             "--summary",

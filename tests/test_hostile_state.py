@@ -243,14 +243,15 @@ async def test_directories_where_files_belong_answer_4xx_and_start_up_goes_on(
         given = client.post("/api/sessions/s3/input", json={"input": "hi"})
         assert given.status_code == 409 and "HUMAN_INPUT.md" in given.json()["error"]
         assert client.get("/api/sessions/s3").json()["session"]["status"] == "running"
-        # The directory is replaced by the operator: the durable log comes back by itself.
+        # The directory is replaced by the operator: the durable log comes back by itself,
+        # within a retry (~1 s), not at the next heartbeat (10 s), with what it kept.
         (loki_dir / ".loki" / "events" / "events.jsonl").rmdir()
         external_session(loki_dir, "s4")
 
         def log_back() -> bool:
             return "eventLog" not in client.get("/health").json()["problems"]
 
-        await wait_for(log_back)
+        await wait_for(log_back, timeout=5, interval=0.05)
         assert (loki_dir / ".loki" / "events" / "events.jsonl").stat().st_size > 0
 
 

@@ -173,9 +173,13 @@ class EventLog:
         self._buffer.append(line)
 
     def flush(self) -> None:
+        """Write what is queued; a log that could not be opened is retried when due
+        (also with nothing queued, so its health clears without waiting for an event)."""
+        if self._fd is None and time.monotonic() >= self._reopen_at:
+            self._open()
         if not self._buffer:
             return
-        if self._fd is None and (time.monotonic() < self._reopen_at or not self._open()):
+        if self._fd is None:
             self._retain()
             return
         assert self._fd is not None

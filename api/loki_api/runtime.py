@@ -20,6 +20,7 @@ import anyio
 
 from .bus import EventBus
 from .connections import ConnectionGuard
+from .eventlog import HEALTH_KEY as EVENT_LOG_KEY
 from .eventlog import EventLog
 from .health_problems import HealthProblems
 from .metrics import metrics_registry
@@ -137,12 +138,18 @@ class Runtime:
             self.save_snapshots()
 
     async def _recover_storage(self) -> None:
-        """While writes fail, probe every second; once one works, write what waited."""
+        """While writes fail, probe every second; once one works, write what waited.
+
+        The same for a durable log that could not be opened (something in its place):
+        it comes back, with the events it kept, without waiting for the next event.
+        """
         while True:
             await anyio.sleep(STORAGE_RETRY)
             if self.health.get(STORAGE_KEY) is not None and self.files.probe() is None:
                 self.bus.flush()
                 self.save_snapshots()
+            elif self.health.get(EVENT_LOG_KEY) is not None:
+                self.bus.flush()
 
     def save_snapshots(self) -> None:
         """Write the snapshot of every session that changed since the last save."""
