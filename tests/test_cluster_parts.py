@@ -15,7 +15,7 @@ from loki_api.settings import Settings, SettingsError
 
 def test_outbox_keeps_order_and_counts_what_does_not_fit() -> None:
     outbox = Outbox(limit=3)
-    assert [outbox.append(f"s.{i}", b"%d" % i) for i in range(5)] == [
+    assert [outbox.append(b"s.%d" % i, b"%d" % i) for i in range(5)] == [
         True,
         True,
         True,
@@ -34,7 +34,7 @@ def test_outbox_keeps_order_and_counts_what_does_not_fit() -> None:
     outbox.ack(3)
     outbox.ack(3)  # a duplicate ack changes nothing
     assert len(outbox) == 0 and not outbox.in_flight and outbox.acked == 3
-    assert outbox.append("s.5", b"5")  # room again; numbers go on
+    assert outbox.append(b"s.5", b"5")  # room again; numbers go on
     assert [n for n, _, _ in outbox.take_unsent()] == [4]
 
 

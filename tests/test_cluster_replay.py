@@ -8,20 +8,17 @@ set up; the last one checks the same through real nodes over HTTP.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 
 from loki_api.filters import MATCH_ALL, EventFilter
-from loki_api.health_problems import HealthProblems
 from loki_api.models import LogEventData
-from loki_api.settings import Settings
 
+from .inprocess_cluster import running_bus
 from .support import ServerProcess, sse_stream, wait_for
 
 pytest.importorskip("nats")
@@ -35,19 +32,6 @@ pytestmark = pytest.mark.anyio
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with NatsServer(tmp_path_factory.mktemp("nats")) as server:
         yield server.url
-
-
-@asynccontextmanager
-async def running_bus(url: str, cluster: str, node: str, history: int) -> AsyncIterator[Any]:
-    bus = cluster_bus.ClusterBus(
-        Settings(nats_urls=(url,), cluster=cluster, history=history), node, HealthProblems()
-    )
-    bus.bind_loop()
-    async with anyio.create_task_group() as tg:
-        await tg.start(bus.run)
-        await wait_for(lambda: bus.caught_up, timeout=10)
-        yield bus
-        tg.cancel_scope.cancel()
 
 
 async def publish_lines(bus: Any, count: int, session: str = "s_a") -> None:

@@ -73,9 +73,18 @@ def gap_frame(gap: StreamGap) -> bytes:
 
 
 def iso_timestamp(unix: float) -> str:
-    return (
-        datetime.fromtimestamp(unix, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
+    """`2026-11-29T05:20:12.345Z`; a burst in one millisecond formats it once."""
+    ms = int(unix * 1000)
+    cached = _last_timestamp
+    if cached[0] == ms:
+        return cached[1]
+    moment = datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
+    text = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    _last_timestamp[:] = (ms, text)
+    return text
+
+
+_last_timestamp: list[Any] = [-1, ""]
 
 
 class StoredEvent:

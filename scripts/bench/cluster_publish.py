@@ -37,7 +37,10 @@ from loki_api.settings import Settings
 
 
 async def one_run(url: str, events: int, batch: int, run: int) -> dict[str, float]:
-    settings = Settings(nats_urls=(url,), cluster=f"bench{run}", publish_buffer=events + 1)
+    # The stream (and ring) keep every event of the run: none is dropped before it is read back.
+    settings = Settings(
+        nats_urls=(url,), cluster=f"bench{run}", publish_buffer=events + 1, history=events
+    )
     bus = ClusterBus(settings, f"bench{run}", HealthProblems())
     bus.bind_loop()
     data = LogEventData(level="info", message="bench line " + "x" * 60, source="stdout")

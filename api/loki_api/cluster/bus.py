@@ -2,15 +2,21 @@
 
 `publish` does not number events. It encodes the envelope once, with the
 provisional id `evt_0_<ms>`, and queues it in the outbox; once per loop turn
-the sender task publishes the outbox's new entries to
-`<cluster>.events.<session>.<type>` without waiting for each ack (acks come
-back on one inbox subscription and are matched by number).
+the sender task writes the outbox's new entries to
+`<cluster>.events.<session>.<type>` as one buffer of publish commands, each
+with a `Nats-Msg-Id` naming its outbox entry, and no reply subject.
 
-Every node (the publisher too) consumes the stream once, with an ordered push
-consumer, and hands each message to the in-memory bus's `_deliver` with the
-id `evt_<stream seq>_<ms>`: the same id on every node, so `Last-Event-ID`
-resumes on any node. From there on it is the single-node path: history ring,
-batching per loop turn, per-client bound, cut-off. The ring is filled from the
+Every node (the publisher too) consumes the stream once (`consumer.py`, on
+the raw path of `wire.py`) and hands each message to the in-memory bus's
+`_deliver` with the id `evt_<stream seq>_<ms>`: the same id on every node,
+so `Last-Event-ID` resumes on any node. Reading its own event back is the
+publisher's acknowledgement: the `Nats-Msg-Id` says which outbox entry is
+now stored, so there is no ack message per event to receive and parse. Only
+events sent again (after a reconnect, or when one was not read back within
+`ACK_TIMEOUT`) ask JetStream for an ack, which also covers one the stream
+already dropped again, or one JetStream dropped as a duplicate. From
+there on it is the single-node path: history ring, batching per loop turn,
+per-client bound, cut-off. The ring is filled from the
 stream's last `--history` events at start-up, before the node reports ready.
 
 NATS outage: the node keeps running and supervising; its events wait in the
@@ -24,6 +30,7 @@ without a gap. Readiness says why it is not ready meanwhile.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import ssl
@@ -32,13 +39,8 @@ from collections import Counter
 from typing import Any
 
 import anyio
-import nats
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
-    ConsumerConfig,
-    DeliverPolicy,
     DiscardPolicy,
     StorageType,
     StreamConfig,
@@ -53,9 +55,11 @@ from ..filters import EventFilter
 from ..health_problems import HealthProblems
 from ..models import ClusterInfo, Event, EventStats, NatsState, StreamGap
 from ..settings import Settings
+from .consumer import StreamConsumer, ignore
 from .names import ClusterNames
 from .outbox import Outbox
 from .replay import read_range, stored_event
+from .wire import EventConnection, header_value, hpub
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +69,10 @@ FIRST_CONNECT = 3.0
 MIN_RETENTION = 100_000
 # JetStream drops a re-sent message with a Nats-Msg-Id it stored within this window.
 DUPLICATE_WINDOW = 120.0
-# An event sent but not acknowledged within this time is sent again (same Nats-Msg-Id).
+# Events sent but not read back from the stream within this time are sent again (same
+# Nats-Msg-Id): JetStream may have refused them (no stream leader during an election).
 ACK_TIMEOUT = 2.0
-# After JetStream refused a publish (no stream leader yet): wait this long, then re-send.
-RETRY_PAUSE = 0.5
-# The ordered consumer's idle heartbeat: two missed ones and it is recreated.
+# The event consumer's idle heartbeat: three missed ones and it is recreated.
 HEARTBEAT = 0.5
 # The consumer is recreated when the stream is ahead of it and nothing came for this long.
 STALL = 3.0
@@ -115,24 +118,24 @@ class ClusterBus(EventBus):
         self.outbox = Outbox(settings.publish_buffer)
         self.retention = max(settings.history, MIN_RETENTION)
         # Nats-Msg-Id of outbox entry n is this prefix + n: unique per node and process.
-        self._msg_prefix = f"{node_id}.{secrets.token_hex(4)}."
-        self._nc: NATS | None = None
+        self._msg_prefix = f"{node_id}.{secrets.token_hex(4)}.".encode()
+        self._own_id = b"\r\nNats-Msg-Id: " + self._msg_prefix
+        self._nc: EventConnection | None = None
         self._js: JetStreamContext | None = None
-        self._sub: Any = None
-        self._ack_prefix = ""
+        self._consumer: StreamConsumer | None = None
+        self._ack_prefix = b""
         self._wake = asyncio.Event()
         self.connected = False
         self._closing = False
         self.caught_up = False
         self.last_error: str | None = None
         self.disconnected_at: float | None = None
-        self._refused_at: float | None = None
         self._resubscribe = False
         self._delivered_at = time.monotonic()
         self.stream_last_seq = 0
 
     @property
-    def nc(self) -> NATS | None:
+    def nc(self) -> EventConnection | None:
         return self._nc
 
     @property
@@ -151,7 +154,7 @@ class ClusterBus(EventBus):
             session_id=session_id,
             data=data,
         )
-        if self.outbox.append(self.names.subject(type, session_id), encode(event)):
+        if self.outbox.append(self._subject(type, session_id), encode(event)):
             self._wake.set()
         elif self.outbox.lost == 1 or self.outbox.lost % 10_000 == 0:
             log.error(
@@ -161,69 +164,71 @@ class ClusterBus(EventBus):
             )
         return event
 
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 (one bus per process, lives as long)
+    def _subject(self, type: str, session_id: str | None) -> bytes:
+        return self.names.subject(type, session_id).encode()
+
     async def _send_loop(self) -> None:
-        """Publish the outbox's new entries, all of one loop turn in one go, acks awaited apart."""
+        """Publish the outbox's new entries, all of one loop turn in one write."""
         wake = self._wake
+        prefix = self._msg_prefix
         while True:
             await wake.wait()
             wake.clear()
             nc = self._nc
-            if nc is None or not nc.is_connected or not self._ack_prefix:
+            if nc is None or not nc.is_connected or self._consumer is None:
                 continue  # (re)connecting: sent once connected
-            try:
-                for number, subject, payload in self.outbox.take_unsent():
-                    await nc.publish(
+            outbox = self.outbox
+            ack_to = self._ack_prefix
+            commands = b"".join(
+                [
+                    hpub(
                         subject,
+                        b"%s%d" % (prefix, number),
                         payload,
-                        reply=f"{self._ack_prefix}{number}",
-                        headers={"Nats-Msg-Id": f"{self._msg_prefix}{number}"},
+                        b"%s%d" % (ack_to, number) if number < outbox.resend_until else b"",
                     )
+                    for number, subject, payload in outbox.take_unsent()
+                ]
+            )
+            if not commands:
+                continue
+            try:
+                await nc.send_commands(commands)
             except Exception as exc:  # the connection broke mid-batch: re-sent after the timeout
                 self.last_error = f"publish failed: {describe(exc)}"
 
-    async def _on_ack(self, msg: Msg) -> None:
-        data = msg.data
+    def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        """JetStream's answer to a re-sent event: stored (or a duplicate of a stored one)."""
         if not data or b'"error"' in data[:16]:
             # No responders (no stream leader, e.g. during an election) or refused.
             self.last_error = f"JetStream refused a publish: {data[:200]!r}"
-            self._refused_at = time.monotonic()
             return
-        self.outbox.ack(int(msg.subject[len(self._ack_prefix) :]))
+        number = subject[len(self._ack_prefix) :]
+        if number.isdigit():
+            self.outbox.ack(int(number))
 
     # -------------------------------------------------------------- consuming
 
-    async def _on_event(self, msg: Msg) -> None:
+    def _on_event(self, seq: int, subject: bytes, payload: bytes, headers: bytes | None) -> None:
         """One message of the stream: stamp its id from the stream sequence and fan it out."""
-        reply = msg.reply
-        tokens = reply.split(".")
-        seq = int(tokens[5]) if len(tokens) == 9 else msg.metadata.sequence.stream
         if seq <= self._seq:
             return  # a recreated consumer delivers again from where we asked
         self._delivered_at = time.monotonic()
         self._seq = seq
-        stored = stored_event(self.names, seq, msg.subject, msg.data)
+        if headers is not None:
+            own = header_value(headers, self._own_id)
+            if own is not None and own.isdigit():
+                self.outbox.ack(int(own))  # our own event is stored
+        stored = stored_event(self.names, seq, subject.decode(), payload)
         if stored is None:
             log.warning("skipping stream message %d: not a Loki event envelope", seq)
             return
         self._deliver(stored, time.time())
 
     async def _subscribe(self, first_seq: int) -> None:
-        assert self._js is not None
-        old, self._sub = self._sub, None
-        if old is not None:
-            try:
-                await old.unsubscribe()
-            except Exception:  # already gone with its connection
-                pass
-        self._sub = await self._js.subscribe(
-            self.names.all_events,
-            stream=self.names.stream,
-            cb=self._on_event,
-            ordered_consumer=True,
-            idle_heartbeat=HEARTBEAT,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            config=ConsumerConfig(opt_start_seq=max(first_seq, 1)),
-        )
+        assert self._consumer is not None
+        await self._consumer.start(first_seq)
         self._delivered_at = time.monotonic()
 
     # -------------------------------------------------- replay from the stream
@@ -376,9 +381,10 @@ class ClusterBus(EventBus):
     async def _start(self) -> None:
         if self._nc is None:
             # With unlimited reconnects nats-py would retry the first connect forever too.
+            nc = EventConnection()
             try:
-                self._nc = await asyncio.wait_for(
-                    nats.connect(
+                await asyncio.wait_for(
+                    nc.connect(
                         **connect_options(self.settings),
                         name=f"loki-{self.settings.cluster}-{self.node_id}",
                         disconnected_cb=self._on_disconnected,
@@ -389,14 +395,20 @@ class ClusterBus(EventBus):
                 )
             except TimeoutError:
                 raise ConnectionError("no NATS server answered") from None
-            self._js = self._nc.jetstream()
-            self._ack_prefix = f"{self._nc.new_inbox()}."
-            await self._nc.subscribe(f"{self._ack_prefix}*", cb=self._on_ack)
+            self._nc = nc
+            self._js = nc.jetstream()
+            self._ack_prefix = f"{nc.new_inbox()}.".encode()
+            acks = await nc.subscribe(f"{self._ack_prefix.decode()}*", cb=ignore)
+            nc.set_raw_handler(acks, self._on_ack)
         self.connected = True
         info = await self._ensure_stream()
         last = info.state.last_seq
         self.stream_last_seq = last
-        if self._sub is None:
+        if self._consumer is None:
+            assert self._nc is not None and self._js is not None
+            self._consumer = StreamConsumer(
+                self._nc, self._js, self.names, self._on_event, HEARTBEAT
+            )
             first = self._seq + 1 if self._seq else max(1, last - self.settings.history + 1)
             await self._subscribe(first)
         deadline = time.monotonic() + CATCH_UP
@@ -436,7 +448,7 @@ class ClusterBus(EventBus):
         return info
 
     async def _watch(self) -> None:
-        """Re-send what waits too long for its ack; recreate a consumer that stalled."""
+        """Re-send what is not read back in time; recreate a consumer that broke or stalled."""
         assert self._js is not None
         next_info = 0.0
         while True:
@@ -446,11 +458,12 @@ class ClusterBus(EventBus):
                 continue
             now = time.monotonic()
             outbox = self.outbox
-            refused = self._refused_at is not None and now - self._refused_at > RETRY_PAUSE
-            if outbox.in_flight and (refused or now - outbox.progress_at > ACK_TIMEOUT):
-                self._refused_at = None
+            if outbox.in_flight and now - outbox.progress_at > ACK_TIMEOUT:
                 outbox.rewind()
                 self._wake.set()
+            consumer = self._consumer
+            if consumer is not None and (consumer.broken or consumer.silent):
+                self._resubscribe = True
             if self._resubscribe:
                 # Reconnected: a consumer the server lost (restart, failover) is not
                 # waited out by heartbeats; resume right after the last delivered sequence.
@@ -467,9 +480,7 @@ class ClusterBus(EventBus):
             try:
                 info = await self._js.stream_info(self.names.stream)
                 self.stream_last_seq = info.state.last_seq
-                if self._sub is None or (
-                    self.stream_last_seq > self._seq and now - self._delivered_at > STALL
-                ):
+                if self.stream_last_seq > self._seq and now - self._delivered_at > STALL:
                     log.warning("cluster: event consumer stalled at %d; recreating it", self._seq)
                     await self._subscribe(self._seq + 1)
             except Exception as exc:
@@ -490,6 +501,8 @@ class ClusterBus(EventBus):
                 "cluster: %d events not acknowledged by JetStream at shutdown", len(self.outbox)
             )
         try:
+            if self._consumer is not None:
+                await asyncio.wait_for(self._consumer.stop(), 1.0)
             await nc.close()
         except Exception:
             pass
@@ -508,7 +521,7 @@ class ClusterBus(EventBus):
         log.info("cluster: reconnected to NATS at %s", url.netloc if url is not None else "?")
         self.outbox.rewind()  # in order; copies JetStream already has are dropped by msg id
         self._wake.set()
-        self._resubscribe = self._sub is not None
+        self._resubscribe = self._consumer is not None
 
     async def _on_error(self, exc: Exception) -> None:
         self.last_error = describe(exc)

@@ -4,8 +4,9 @@ Bounded (`--publish-buffer`, 100,000 by default): while NATS is unreachable
 events wait here, and once it is full further events are counted in `lost`
 instead of growing memory. Entries are numbered; the number becomes part of
 the `Nats-Msg-Id` header, so when unacknowledged entries are sent again after a
-reconnect or an ack timeout, JetStream's duplicate window drops the copies of
-those it had already stored.
+reconnect or a timeout, JetStream's duplicate window drops the copies of
+those it had already stored. An entry is acknowledged when the node reads it
+back from the stream.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class Outbox:
         self._entries: deque[list[object]] = deque()
         self._first = 1
         self._send_from = 1  # number of the first entry not sent yet
+        # Entries numbered below this were sent before (a rewind): they go out asking for an ack.
+        self.resend_until = 1
         self.lost = 0
         self.acked = 0
         # Last time an ack came or everything was (re)sent: how long the oldest has waited.
@@ -39,7 +42,7 @@ class Outbox:
     def has_unsent(self) -> bool:
         return self._send_from < self._first + len(self._entries)
 
-    def append(self, subject: str, payload: bytes) -> bool:
+    def append(self, subject: bytes, payload: bytes) -> bool:
         """Queue one event; False (and counted as lost) when the buffer is full."""
         if len(self._entries) >= self.limit:
             self.lost += 1
@@ -47,7 +50,7 @@ class Outbox:
         self._entries.append([subject, payload, False])
         return True
 
-    def take_unsent(self) -> Iterator[tuple[int, str, bytes]]:
+    def take_unsent(self) -> Iterator[tuple[int, bytes, bytes]]:
         """(number, subject, payload) of every entry not sent yet, oldest first; marks them sent."""
         entries = self._entries
         first = self._first
@@ -76,5 +79,6 @@ class Outbox:
 
     def rewind(self) -> None:
         """Send every unacknowledged entry again (after a reconnect or an ack timeout)."""
+        self.resend_until = max(self.resend_until, self._send_from)
         self._send_from = self._first
         self.progress_at = time.monotonic()
