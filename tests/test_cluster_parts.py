@@ -10,6 +10,7 @@ from loki_api.cli import build_parser, settings_from
 from loki_api.cluster.names import ClusterNames, session_of, session_token
 from loki_api.cluster.node import resolve_node_id
 from loki_api.cluster.outbox import Outbox
+from loki_api.cluster.positions import OutputPosition, decode_position, encode_position, furthest
 from loki_api.settings import Settings, SettingsError
 
 
@@ -23,19 +24,41 @@ def test_outbox_keeps_order_and_counts_what_does_not_fit() -> None:
         False,
     ]
     assert outbox.lost == 2 and len(outbox) == 3
-    assert [n for n, _, _ in outbox.take_unsent()] == [1, 2, 3]
+    assert [n for n, _, _, _ in outbox.take_unsent()] == [1, 2, 3]
     assert list(outbox.take_unsent()) == []  # sent once
     assert outbox.in_flight
     outbox.ack(2)  # out of order: 1 still waits, so nothing leaves yet
     assert len(outbox) == 3
     outbox.rewind()  # reconnect: everything unacknowledged again, in order, 2 skipped
-    assert [payload for _, _, payload in outbox.take_unsent()] == [b"0", b"2"]
+    assert [payload for _, _, payload, _ in outbox.take_unsent()] == [b"0", b"2"]
     outbox.ack(1)
     outbox.ack(3)
     outbox.ack(3)  # a duplicate ack changes nothing
     assert len(outbox) == 0 and not outbox.in_flight and outbox.acked == 3
     assert outbox.append(b"s.5", b"5")  # room again; numbers go on
-    assert [n for n, _, _ in outbox.take_unsent()] == [4]
+    assert [n for n, _, _, _ in outbox.take_unsent()] == [4]
+
+
+def test_an_outbox_note_rides_with_its_entry_until_it_is_acknowledged() -> None:
+    outbox = Outbox(limit=10)
+    outbox.append(b"s", b"a")
+    outbox.append(b"s", b"b")
+    assert outbox.last_number == 2 and outbox.attach(2, "position")
+    assert [note for *_, note in outbox.take_unsent()] == [None, "position"]
+    assert not outbox.attach(2, "later")  # sent: its header is on the wire already
+    outbox.rewind()
+    assert [note for *_, note in outbox.take_unsent()] == [None, "position"]  # re-sent with it
+    assert outbox.ack(2) == "position" and outbox.ack(1) is None
+
+
+def test_output_positions_travel_as_a_header_value() -> None:
+    offsets = {"stdout.txt": 1234, "stderr.txt": 0}
+    assert encode_position(offsets) == b"stderr.txt=0;stdout.txt=1234"
+    assert decode_position(encode_position(offsets)) == offsets
+    assert decode_position(b"stdout.txt=12;garbage;x=;=3") == {"stdout.txt": 12}
+    assert OutputPosition("s", offsets).header == b"Loki-Output: stderr.txt=0;stdout.txt=1234\r\n"
+    later = furthest({"stdout.txt": 10, "stderr.txt": 5}, {"stdout.txt": 12, "stderr.txt": 3})
+    assert later == {"stdout.txt": 12, "stderr.txt": 5}
 
 
 def test_subjects_carry_session_and_type_and_read_back() -> None:

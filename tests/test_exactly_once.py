@@ -20,17 +20,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_every_line_exactly_once_across_sigkills(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("mode", "clients"),
+    [((), 20), (("--cluster",), 5)],
+    ids=["one node", "cluster node"],
+)
+def test_every_line_exactly_once_across_sigkills(
+    tmp_path: Path, mode: tuple[str, ...], clients: int
+) -> None:
+    """A cluster node has no local log: its positions ride on the events in JetStream."""
     seed = int(os.environ.get("LOKI_EXACTLY_ONCE_SEED") or random.randrange(1 << 30))
     report = tmp_path / "exactly_once.json"
     result = subprocess.run(
         [
             sys.executable,
             str(ROOT / "scripts" / "bench" / "exactly_once.py"),
-            *("--kills", "3", "--clients", "20", "--rate", "100", "--lines", "600"),
+            *mode,
+            *("--kills", "3", "--clients", str(clients), "--rate", "100", "--lines", "600"),
             *("--min-gap", "0.2", "--max-gap", "0.8", "--seed", str(seed)),
             *("--json", str(report)),
         ],
@@ -42,7 +53,7 @@ def test_every_line_exactly_once_across_sigkills(tmp_path: Path) -> None:
     context = f"seed {seed}:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}"
     assert result.returncode == 0, context
     results = json.loads(report.read_text())["results"]
-    assert results["totals"]["received"] == 20 * 600, context
+    assert results["totals"]["received"] == clients * 600, context
     for client in results["per_client"]:
         counts = (client["duplicates"], client["losses"], client["out_of_order"])
         assert counts == (0, 0, 0), context

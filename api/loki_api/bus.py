@@ -415,6 +415,18 @@ class EventBus:
             return {}
         return dict(self._log.output_positions.get(session_id, {}))
 
+    def saved_position(self, session_id: str, read: dict[str, int]) -> dict[str, int] | None:
+        """What `supervisor.json` may say of a session's output: never ahead of the events kept.
+
+        Here the durable log has every event up to `read` once flushed; the
+        cluster bus answers with what its stream has confirmed (None: nothing yet).
+        """
+        self.flush()
+        return read
+
+    async def load_output_positions(self, session_ids: list[str]) -> None:
+        """Before re-adopting sessions: the durable log's positions are loaded already."""
+
     def close_streams(self) -> None:
         """End every open stream (server shutdown); clients resume with Last-Event-ID."""
         for group in list(self._groups.values()):

@@ -19,9 +19,11 @@ losses (a line never received) and ids out of order, in total and per kill.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -116,9 +118,25 @@ def address(url: str) -> dict[str, Any]:
 async def run(args: Any) -> dict[str, Any]:
     rng = random.Random(args.seed)
     lines = args.lines or int(args.rate * (args.kills * (args.max_gap + 1.5) + 2))
-    server = Server.scratch_server(
-        loki_server_cmd("--cli", load_cli_cmd()), "exactly-once", env={"BENCH_WAIT_MAX": "60"}
-    )
+    cluster: list[str] = []
+    with contextlib.ExitStack() as stack:
+        if args.cluster:
+            # One node of a cluster: its events live in JetStream, not in a local log.
+            from loki_api.cluster.natsserver import NatsServer
+
+            nats = stack.enter_context(NatsServer(Path(tempfile.mkdtemp(prefix="loki-nats-"))))
+            cluster = ["--nats", nats.url, "--cluster", "once", "--node-id", "n1"]
+        server = Server.scratch_server(
+            loki_server_cmd("--cli", load_cli_cmd(), *cluster),
+            "exactly-once",
+            env={"BENCH_WAIT_MAX": "60"},
+        )
+        return await follow_through_kills(args, rng, lines, server)
+
+
+async def follow_through_kills(
+    args: Any, rng: random.Random, lines: int, server: Server
+) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     with server:
         session = start_session(server.url)
@@ -178,6 +196,9 @@ def main() -> int:
     parser.add_argument("--min-gap", type=float, default=0.3, help="least seconds between kills")
     parser.add_argument("--max-gap", type=float, default=1.5, help="most seconds between kills")
     parser.add_argument("--seed", type=int, default=12, help="random seed of the kill times")
+    parser.add_argument(
+        "--cluster", action="store_true", help="the server is a cluster node (a nats-server too)"
+    )
     args = parser.parse_args()
     loop = new_event_loop()
     try:

@@ -58,6 +58,7 @@ from ..settings import Settings
 from .consumer import StreamConsumer, ignore
 from .names import ClusterNames
 from .outbox import Outbox
+from .positions import OutputPosition, furthest, last_position
 from .replay import read_range, stored_event
 from .wire import EventConnection, header_value, hpub
 
@@ -124,6 +125,11 @@ class ClusterBus(EventBus):
         self._js: JetStreamContext | None = None
         self._consumer: StreamConsumer | None = None
         self._ack_prefix = b""
+        # Output positions (see positions.py): the last recorded per session, the newest
+        # outbox entry of each session, and the furthest position the stream confirmed.
+        self._output_at: dict[str, OutputPosition] = {}
+        self._last_entry: dict[str, int] = {}
+        self._confirmed: dict[str, dict[str, int]] = {}
         self._wake = asyncio.Event()
         self.connected = False
         self._closing = False
@@ -154,7 +160,14 @@ class ClusterBus(EventBus):
             session_id=session_id,
             data=data,
         )
-        if self.outbox.append(self._subject(type, session_id), encode(event)):
+        outbox = self.outbox
+        if outbox.append(self._subject(type, session_id), encode(event)):
+            if session_id is not None:
+                # Every event of a session carries how far its output is published.
+                number = self._last_entry[session_id] = outbox.last_number
+                position = self._output_at.get(session_id)
+                if position is not None:
+                    outbox.attach(number, position)
             self._wake.set()
         elif self.outbox.lost == 1 or self.outbox.lost % 10_000 == 0:
             log.error(
@@ -187,8 +200,9 @@ class ClusterBus(EventBus):
                         b"%s%d" % (prefix, number),
                         payload,
                         b"%s%d" % (ack_to, number) if number < outbox.resend_until else b"",
+                        position.header if position is not None else b"",
                     )
-                    for number, subject, payload in outbox.take_unsent()
+                    for number, subject, payload, position in outbox.take_unsent()
                 ]
             )
             if not commands:
@@ -206,7 +220,57 @@ class ClusterBus(EventBus):
             return
         number = subject[len(self._ack_prefix) :]
         if number.isdigit():
-            self.outbox.ack(int(number))
+            self._stored(int(number))
+
+    def _stored(self, number: int) -> None:
+        """Outbox entry `number` is in the stream: drop it, and confirm the position it carried."""
+        position = self.outbox.ack(number)
+        if position is not None:
+            confirmed = self._confirmed.get(position.session_id)
+            self._confirmed[position.session_id] = (
+                position.offsets if confirmed is None else furthest(confirmed, position.offsets)
+            )
+
+    # ------------------------------------------------------ output positions
+
+    def record_output_position(self, session_id: str, offsets: dict[str, int]) -> None:
+        """A chunk of the session's output is published: its last event carries the position.
+
+        So do the session's later events. Stored atomically with the event, it
+        is where a successor on this state directory resumes (`positions.py`).
+        If that event has already been sent, the lines since produced no event:
+        reading them again publishes nothing twice.
+        """
+        position = OutputPosition(session_id, offsets)
+        self._output_at[session_id] = position
+        number = self._last_entry.get(session_id)
+        if number is not None:
+            self.outbox.attach(number, position)
+
+    def output_position(self, session_id: str) -> dict[str, int]:
+        """The furthest position the stream holds for the session (loaded at start-up)."""
+        return dict(self._confirmed.get(session_id, {}))
+
+    def saved_position(self, session_id: str, read: dict[str, int]) -> dict[str, int] | None:
+        """Only what the stream confirmed: `supervisor.json` never runs ahead of it."""
+        confirmed = self._confirmed.get(session_id)
+        return dict(confirmed) if confirmed is not None else None
+
+    async def load_output_positions(self, session_ids: list[str]) -> None:
+        """Each session's furthest stored position, read from the stream before re-adopting."""
+        js = self._js
+        if js is None or not self.connected:
+            if session_ids:
+                log.warning("NATS unreachable: sessions resume from supervisor.json positions")
+            return
+        for session_id in session_ids:
+            try:
+                found = await last_position(js, self.names, session_id)
+            except Exception as exc:
+                log.warning("no output position for %s from the stream: %s", session_id, exc)
+                continue
+            if found:
+                self._confirmed[session_id] = furthest(self._confirmed.get(session_id, {}), found)
 
     # -------------------------------------------------------------- consuming
 
@@ -219,7 +283,7 @@ class ClusterBus(EventBus):
         if headers is not None:
             own = header_value(headers, self._own_id)
             if own is not None and own.isdigit():
-                self.outbox.ack(int(own))  # our own event is stored
+                self._stored(int(own))  # our own event is stored
         stored = stored_event(self.names, seq, subject.decode(), payload)
         if stored is None:
             log.warning("skipping stream message %d: not a Loki event envelope", seq)

@@ -43,6 +43,10 @@ class ClusterNames:
     def subject(self, event_type: str, session_id: str | None) -> str:
         return f"{self.events_prefix}{session_token(session_id)}.{event_type}"
 
+    def session_events(self, session_id: str | None) -> str:
+        """The subject filter of every event of one session."""
+        return f"{self.events_prefix}{session_token(session_id)}.*"
+
     def parse(self, subject: str) -> tuple[str, str | None]:
         """(type, session id) of an event subject."""
         token, _, event_type = subject[len(self.events_prefix) :].partition(".")

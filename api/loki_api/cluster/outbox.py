@@ -14,12 +14,14 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator
+from typing import Any
 
 
 class Outbox:
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        # [subject, payload, acked]; entry i has number `_first + i`.
+        # [subject, payload, acked, note]; entry i has number `_first + i`. `note` is what
+        # the sender attached to it (an output position), handed back by `take_unsent`/`ack`.
         self._entries: deque[list[object]] = deque()
         self._first = 1
         self._send_from = 1  # number of the first entry not sent yet
@@ -47,28 +49,41 @@ class Outbox:
         if len(self._entries) >= self.limit:
             self.lost += 1
             return False
-        self._entries.append([subject, payload, False])
+        self._entries.append([subject, payload, False, None])
         return True
 
-    def take_unsent(self) -> Iterator[tuple[int, bytes, bytes]]:
-        """(number, subject, payload) of every entry not sent yet, oldest first; marks them sent."""
+    @property
+    def last_number(self) -> int:
+        """The number of the newest entry (the one just appended)."""
+        return self._first + len(self._entries) - 1
+
+    def attach(self, number: int, note: object) -> bool:
+        """Attach `note` to entry `number` if it is still queued and not sent; True if done."""
+        if number < self._send_from or number > self.last_number:
+            return False
+        self._entries[number - self._first][3] = note
+        return True
+
+    def take_unsent(self) -> Iterator[tuple[int, bytes, bytes, Any]]:
+        """(number, subject, payload, note) of each unsent entry, oldest first; marks them sent."""
         entries = self._entries
         first = self._first
         start = self._send_from - first
         end = len(entries)
         self._send_from = first + end
         for index in range(start, end):
-            subject, payload, acked = entries[index]
+            subject, payload, acked, note = entries[index]
             if not acked:
-                yield first + index, subject, payload  # type: ignore[misc]
+                yield first + index, subject, payload, note  # type: ignore[misc]
 
-    def ack(self, number: int) -> None:
-        """JetStream stored entry `number`: drop it (and any acked run before it)."""
+    def ack(self, number: int) -> Any:
+        """JetStream stored entry `number`: drop it (and any acked run before it); its note."""
         index = number - self._first
         entries = self._entries
         if not 0 <= index < len(entries) or entries[index][2]:
-            return
-        entries[index][2] = True
+            return None
+        entry = entries[index]
+        entry[2] = True
         self.acked += 1
         self.progress_at = time.monotonic()
         while entries and entries[0][2]:
@@ -76,6 +91,7 @@ class Outbox:
             self._first += 1
         if self._send_from < self._first:
             self._send_from = self._first
+        return entry[3]
 
     def rewind(self) -> None:
         """Send every unacknowledged entry again (after a reconnect or an ack timeout)."""

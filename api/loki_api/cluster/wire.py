@@ -61,12 +61,15 @@ class EventConnection(Client):
         await self._flush_pending()
 
 
-def hpub(subject: bytes, msg_id: bytes, payload: bytes, reply: bytes = b"") -> bytes:
+def hpub(
+    subject: bytes, msg_id: bytes, payload: bytes, reply: bytes = b"", extra: bytes = b""
+) -> bytes:
     """The publish command of one event, with its `Nats-Msg-Id` header (JetStream dedupe).
 
-    Without a reply subject JetStream sends no acknowledgement.
+    Without a reply subject JetStream sends no acknowledgement. `extra`: more
+    header lines, each ending in CRLF.
     """
-    header = b"NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n" % msg_id
+    header = b"NATS/1.0\r\nNats-Msg-Id: %s\r\n%s\r\n" % (msg_id, extra)
     return b"HPUB %s %s%s%d %d\r\n%s%s\r\n" % (
         subject,
         reply,

@@ -149,17 +149,24 @@ class Supervised:
         """How far each output file has been published."""
         return {tail.path.name: tail.position for tail in self.tails if tail.position is not None}
 
-    def save_offsets(self) -> None:
+    def save_offsets(self, offsets: dict[str, int] | None = None) -> None:
         """Remember how far the output was published, for the next server to go on from.
+
+        `offsets` defaults to how far it was read (see `EventBus.saved_position`);
+        an empty dict means nothing is known to be kept yet, and nothing is saved.
 
         The durable log's positions (written with the events) are the exact
         ones; this file is the fallback when the log has none (cluster mode, or
         a position rotated out of the log). A failed write is retried at the next
         save (a full disk is on /health already).
         """
+        if offsets is None:
+            offsets = self.positions()
+        elif not offsets:
+            return
         path = self.dir / SUPERVISOR_FILE
         doc = read_supervisor(self.files, self.dir)
-        doc["offsets"] = self.positions()
+        doc["offsets"] = offsets
         try:
             self.files.write_atomic(path, json.dumps(doc).encode())
         except OSError as exc:
@@ -265,6 +272,9 @@ class SessionManager:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 try:
+                    await self.bus.load_output_positions(
+                        [s.id for s in self.store.all() if s.record.status in ACTIVE_STATUSES]
+                    )
                     self.readopt()
                     if self.cgroup_base is not None and cgroups.remove_stale(self.cgroup_base):
                         log.info("removed empty session cgroups left by killed launchers")
@@ -298,7 +308,7 @@ class SessionManager:
                 self._drain(sup)
                 self._finished(sup, code)
             else:
-                sup.save_offsets()
+                sup.save_offsets(self.bus.saved_position(sup.id, sup.positions()) or {})
                 for tail in sup.tails:
                     tail.close()
                 log.info(
@@ -732,8 +742,8 @@ class SessionManager:
                 # write and before any socket: a server killed now resumes after them.
                 self.bus.record_output_position(sup.id, sup.positions())
                 if time.monotonic() - sup.offsets_saved_at > OFFSET_SAVE_INTERVAL:
-                    self.bus.flush()  # the fallback must never be ahead of the log
-                    sup.save_offsets()
+                    # The fallback must never be ahead of the events kept (log or stream).
+                    sup.save_offsets(self.bus.saved_position(sup.id, sup.positions()) or {})
             return got
 
         def output_changed(closed: bool) -> None:
