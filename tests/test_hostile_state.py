@@ -338,3 +338,25 @@ async def test_a_file_where_the_events_directory_belongs_is_not_fatal(loki_dir: 
         assert "session:paused" in [event["type"] for event in history]
     # The snapshot saver retried quietly: no warning per attempt.
     assert server.output().count("cannot save the state snapshot") == 0
+
+
+async def test_a_symlink_planted_as_the_sessions_directory_degrades_until_it_is_gone(
+    loki_dir: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (loki_dir / ".loki").mkdir()
+    (loki_dir / ".loki" / "sessions").symlink_to(outside)
+    with ServerProcess(loki_dir, "--simulate") as server, api(server) as client:
+        health = client.get("/health")
+        # Hostile content, not a broken server: degraded (alive), not ready, with the reason.
+        assert health.status_code == 200 and health.json()["status"] == "degraded"
+        assert "symbolic link" in health.json()["problems"]["sessionsDir"]
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503 and not ready.json()["checks"]["sessionsDir"]["ok"]
+        assert client.post("/api/sessions", json={}).status_code == 409
+        (loki_dir / ".loki" / "sessions").unlink()
+        await wait_for(lambda: client.get("/health/ready").status_code == 200, timeout=10)
+        assert client.post("/api/sessions", json={}).status_code == 201
+    assert list(outside.iterdir()) == []  # nothing was written through the link
+    assert server.output().count("Traceback") == 0

@@ -88,8 +88,10 @@ class Runtime:
         # Output growth wakes the supervisors through inotify on the loop when it
         # can, else through the state watcher.
         on_output = None if self.sessions.output_watch is not None else self.sessions.wake
-        self.watcher = StateWatcher(settings, self.store, self.bus, on_output=on_output)
-        self.add_check("watcher", self.watcher.problem)
+        self.watcher = StateWatcher(
+            settings, self.store, self.bus, on_output=on_output, health=self.health
+        )
+        self.add_check("watcher", self.watcher.vital_problem)
         self.cli_problem()  # reports an unrunnable CLI on /health from the start
         self.http = HttpTally()  # filled by `access.AccessMiddleware`
         # This app's own registry: two apps in one process each export their own numbers.

@@ -33,10 +33,12 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from ..bus import EventBus
+from ..health_problems import HealthProblems
 from ..models import LogEventData
 from ..sessions.process import OUTPUT_FILES
 from ..settings import Settings
 from ..state.store import StateStore
+from ..statedir import UnusableEntry
 from .handler import EVENT_FILTER, HandOff, PathFilter
 from .logtail import LOG_SUFFIX, LogTailer
 
@@ -117,8 +119,12 @@ class StateWatcher:
         *,
         check_interval: float = 0.5,
         on_output: Callable[[str], None] | None = None,
+        health: HealthProblems | None = None,
     ) -> None:
         self.settings = settings
+        self.health = health if health is not None else HealthProblems()
+        # Why the watch cannot start: something planted where `.loki/sessions` must be.
+        self.planted: str | None = None
         # Told the session id when a session's output copy grows (the supervisor reads it).
         self.on_output = on_output
         self.store = store
@@ -161,6 +167,9 @@ class StateWatcher:
             self.tailer.prime(self.saved_log_positions)
             try:
                 await anyio.to_thread.run_sync(self._start_observer)
+            except UnusableEntry as exc:  # planted: on /health, no traceback
+                log.warning("cannot watch .loki/sessions (%s); retrying", exc)
+                self._failing = True
             except Exception:
                 # Serve anyway: readiness reports the watcher down and we keep retrying.
                 log.exception("could not start the file watcher; retrying")
@@ -190,9 +199,28 @@ class StateWatcher:
             return "file watcher emitter has stopped"
         return None
 
+    def vital_problem(self) -> str | None:
+        """The `watcher` check: a broken watcher is `unhealthy`, a planted entry is not.
+
+        A symlink or file where `.loki/sessions` must be is hostile state-dir
+        content (SPEC §3.2): reported as `sessionsDir` (degraded, not ready) and
+        retried, but never a reason to restart the server.
+        """
+        return None if self.planted is not None else self.problem()
+
     def _start_observer(self) -> None:
         assert self._coalescer is not None
-        self.files.makedirs(self.sessions_dir)
+        try:
+            self.files.makedirs(self.sessions_dir)
+        except UnusableEntry as exc:
+            self.planted = str(exc)
+            self.health.report(
+                "sessionsDir", f"cannot use .loki/sessions: {exc}", blocks_ready=True
+            )
+            raise
+        if self.planted is not None:
+            self.planted = None
+            self.health.clear("sessionsDir")
         handler = HandOff(self._wanted, self._coalescer.notify_threadsafe)
         observer = Observer()
         observer.daemon = True
@@ -234,6 +262,9 @@ class StateWatcher:
         await anyio.to_thread.run_sync(self._stop_observer)
         try:
             await anyio.to_thread.run_sync(self._start_observer)
+        except UnusableEntry:
+            self._failing = True  # said once at start-up, and on /health
+            return
         except Exception:
             if not self._failing:
                 log.exception("could not restart the file watcher; retrying")
