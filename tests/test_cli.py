@@ -144,6 +144,18 @@ def test_port_in_use_is_refused(tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
+def test_a_symlinked_state_directory_is_refused(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / ".loki").symlink_to(elsewhere)  # as a cloned repository could carry it
+    result = run_loki("serve", "--port", "0", "--loki-dir", str(project))
+    assert result.returncode == 2
+    assert "is a symbolic link" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list(elsewhere.iterdir()) == []  # nothing written where it points
+
+
 def test_generate_token() -> None:
     result = run_loki("serve", "--generate-token")
     token = result.stdout.strip()

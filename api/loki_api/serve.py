@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import resource
 import socket
 import sys
@@ -126,6 +127,15 @@ def banner(fields: dict[str, str]) -> str:
 def run(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM. Returns the process exit code."""
     configure_logging(settings.log_level, settings.log_format)
+    if settings.state_dir.is_symlink():
+        # Everything would be written where the link points: maybe a cloned repo's trap.
+        print(
+            f"loki serve: error: {settings.state_dir} is a symbolic link (to "
+            f"{os.readlink(settings.state_dir)}); the state directory must be a real "
+            "directory inside the project",
+            file=sys.stderr,
+        )
+        return 2
     try:
         # Only `.loki/` itself must exist; what is (or is not) inside it never stops
         # the server (SPEC §3.2).
