@@ -7,6 +7,7 @@ made to happen on purpose.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,9 @@ import anyio
 import pytest
 
 from loki_api.filters import MATCH_ALL
+from loki_api.health_problems import HealthProblems
 from loki_api.models import LogEventData
+from loki_api.settings import Settings
 
 from .inprocess_cluster import running_bus
 from .support import wait_for
@@ -116,3 +119,27 @@ async def test_events_not_read_back_are_sent_again_and_acknowledged_once_stored(
 
 async def _not_started(first_seq: int) -> None:
     """A consumer that never comes back (the watchdog keeps trying)."""
+
+
+async def test_what_is_published_during_a_graceful_stop_still_reaches_the_stream(
+    nats_url: str,
+) -> None:
+    settings = Settings(nats_urls=(nats_url,), cluster=f"w{uuid.uuid4().hex[:8]}")
+    bus = cluster_bus.ClusterBus(settings, "a", HealthProblems())
+    bus.bind_loop()
+
+    async def session_manager() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            publish_lines(bus, 200)  # its shutdown says what ended, after the sender is gone
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(bus.run)
+        await wait_for(lambda: bus.caught_up, timeout=10)
+        tg.start_soon(session_manager)
+        await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
+    assert len(bus.outbox) == 0
+    async with running_bus(nats_url, settings.cluster, node="b") as reader:
+        assert reader.last_seq == 200

@@ -184,33 +184,36 @@ class ClusterBus(EventBus):
     async def _send_loop(self) -> None:
         """Publish the outbox's new entries, all of one loop turn in one write."""
         wake = self._wake
-        prefix = self._msg_prefix
         while True:
             await wake.wait()
             wake.clear()
-            nc = self._nc
-            if nc is None or not nc.is_connected or self._consumer is None:
-                continue  # (re)connecting: sent once connected
-            outbox = self.outbox
-            ack_to = self._ack_prefix
-            commands = b"".join(
-                [
-                    hpub(
-                        subject,
-                        b"%s%d" % (prefix, number),
-                        payload,
-                        b"%s%d" % (ack_to, number) if number < outbox.resend_until else b"",
-                        position.header if position is not None else b"",
-                    )
-                    for number, subject, payload, position in outbox.take_unsent()
-                ]
-            )
-            if not commands:
-                continue
-            try:
-                await nc.send_commands(commands)
-            except Exception as exc:  # the connection broke mid-batch: re-sent after the timeout
-                self.last_error = f"publish failed: {describe(exc)}"
+            await self._send_unsent()
+
+    async def _send_unsent(self) -> None:
+        nc = self._nc
+        if nc is None or not nc.is_connected or self._consumer is None:
+            return  # (re)connecting: sent once connected
+        outbox = self.outbox
+        prefix = self._msg_prefix
+        ack_to = self._ack_prefix
+        commands = b"".join(
+            [
+                hpub(
+                    subject,
+                    b"%s%d" % (prefix, number),
+                    payload,
+                    b"%s%d" % (ack_to, number) if number < outbox.resend_until else b"",
+                    position.header if position is not None else b"",
+                )
+                for number, subject, payload, position in outbox.take_unsent()
+            ]
+        )
+        if not commands:
+            return
+        try:
+            await nc.send_commands(commands)
+        except Exception as exc:  # the connection broke mid-batch: re-sent after the timeout
+            self.last_error = f"publish failed: {describe(exc)}"
 
     def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         """JetStream's answer to a re-sent event: stored (or a duplicate of a stored one)."""
@@ -558,7 +561,7 @@ class ClusterBus(EventBus):
         self._closing = True
         deadline = time.monotonic() + 2.0
         while len(self.outbox) and nc.is_connected and time.monotonic() < deadline:
-            self._wake.set()
+            await self._send_unsent()  # the sender task is gone with the task group
             await asyncio.sleep(0.02)
         if len(self.outbox):
             log.warning(
