@@ -262,6 +262,52 @@ def start_session(url: str, timeout: float = 30.0) -> str:
         time.sleep(0.05)
 
 
+class SessionGroups:
+    """The process groups of sessions this script started, ended when it ends.
+
+    A session runs in its own process group (its launcher's pid), so it outlives
+    a node that is SIGKILLed, or stopped without `--stop-sessions-on-exit`.
+    """
+
+    def __init__(self) -> None:
+        self.pgids: list[int] = []
+
+    def add(self, url: str, session_id: str, timeout: float = 10.0) -> None:
+        """Note the process group of `session_id`, as its owner `url` reports it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, body = request(url, "GET", f"/api/sessions/{session_id}")
+            pid = body.get("session", {}).get("pid") if status == 200 else None
+            if pid:
+                self.pgids.append(int(pid))
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"session {session_id} has no pid: {status} {body}")
+            time.sleep(0.02)
+
+    def end(self, grace: float = 5.0) -> None:
+        """SIGTERM every group still there, SIGKILL what is left after `grace` seconds."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            alive = [pgid for pgid in self.pgids if _signal_group(pgid, sig)]
+            deadline = time.monotonic() + grace
+            while alive and time.monotonic() < deadline:
+                time.sleep(0.05)
+                alive = [pgid for pgid in alive if _signal_group(pgid, 0)]
+            if not alive:
+                return
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send `sig` to a process group; False when the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # not ours (the pid was reused by now)
+    return True
+
+
 def session_status(url: str, session_id: str) -> str:
     status, body = request(url, "GET", f"/api/sessions/{session_id}")
     if status != 200:

@@ -29,6 +29,7 @@ from typing import Any
 from _common import (
     Http,
     Server,
+    SessionGroups,
     base_parser,
     load_cli_cmd,
     loki_server_cmd,
@@ -100,6 +101,10 @@ def main() -> int:
         work = Path(tempfile.mkdtemp(prefix="loki-cluster-sessions-"))
         with contextlib.ExitStack() as stack:
             stack.callback(shutil.rmtree, work, ignore_errors=True)
+            # Last out: the sessions, also the one whose node was SIGKILLed (in hold
+            # mode it would otherwise run on for BENCH_HOLD_MAX seconds).
+            sessions = SessionGroups()
+            stack.callback(sessions.end)
             nats = stack.enter_context(NatsServer(work / "nats"))
             populate(work / "a", args.sessions, args.tasks)
             common = ["--nats", nats.url, "--cluster", f"bench{run}", "--cli", load_cli_cmd()]
@@ -110,6 +115,7 @@ def main() -> int:
                 nodes[name] = stack.enter_context(Server(cmd, work / name, env=HOLD))
             a, b, c = nodes["a"], nodes["b"], nodes["c"]
             session = start_session(a.url)
+            sessions.add(a.url, session)
             deadline = time.monotonic() + 60
             while listed_count(b.url) < args.sessions + 1:
                 if time.monotonic() > deadline:
@@ -122,10 +128,10 @@ def main() -> int:
             listing = run_python(f"{b.url}/api/sessions", args.duration, args.connections)
             result["list_on_non_owner_rps"] = listing.get("requests_per_s")
             lost_session = start_session(c.url)
+            sessions.add(c.url, lost_session)
             result["loss_detected_s"] = detect_loss(c, b, lost_session)
             result["node_ttl_s"] = args.node_ttl
-            for sid, owner in ((session, a), (lost_session, b)):
-                request(owner.url, "POST", f"/api/sessions/{sid}/stop", {})
+            request(a.url, "POST", f"/api/sessions/{session}/stop", {})
         runs.append(result)
         print(f"  run {run + 1}: {result}", flush=True)
     summary = {
