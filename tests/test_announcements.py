@@ -117,6 +117,9 @@ def test_a_spawn_line_without_an_id_and_the_agents_file_are_one_agent() -> None:
     assert b.admit("agent:spawned", line)  # a new developer once the first has finished
     assert None is b.admit("agent:spawned", AgentEventData(agent_id="agent-002", type="developer"))
 
+    assert (a.agents_announced, a.agents_ended) == (1, 1)
+    assert (b.agents_announced, b.agents_ended) == (2, 1)
+
     c = Announcements()
     assert c.admit("agent:spawned", line)
     # Its end is printed before the agents file naming it is read (a late file event).
@@ -124,6 +127,19 @@ def test_a_spawn_line_without_an_id_and_the_agents_file_are_one_agent() -> None:
     assert ended is not None and ended.agent_id == "developer"
     assert None is c.admit("agent:spawned", named)  # the late file: repeats only
     assert None is c.admit("agent:completed", named)
+    assert (c.agents_announced, c.agents_ended) == (1, 1)
+
+
+def test_agents_only_the_output_announced_are_counted(tmp_path: Path) -> None:
+    """`agents.json` read only after they all finished (coalesced writes): still counted."""
+    store = StateStore(Settings(loki_dir=tmp_path), EventBus())
+    store.load()
+    state = store.create(Session(id="s1", status="running"))
+    for n, agent_type in enumerate(("planner", "developer", "tester")):
+        store.report("s1", "agent:spawned", AgentEventData(agent_id=agent_type, type=agent_type))
+        named = AgentEventData(agent_id=f"agent-{n}", type=agent_type)
+        store.report("s1", "agent:completed", named)
+    assert (state.agents_spawned, state.agents_completed, len(state.agents)) == (3, 3, 0)
 
 
 def test_a_phase_line_completes_the_previous_phase_first(tmp_path: Path) -> None:

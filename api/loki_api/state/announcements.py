@@ -124,6 +124,15 @@ class Announcements:
         self.agent_spawned.add(agent_id)
         return True
 
+    @property
+    def agents_announced(self) -> int:
+        """Agents whose spawn was published (by output line or state file), each once."""
+        return len(self.agent_spawned) + sum(self.unnamed.values())
+
+    @property
+    def agents_ended(self) -> int:
+        return len(self.agent_ended)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able copy, for the store's snapshot."""
         return {

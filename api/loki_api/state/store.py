@@ -103,13 +103,16 @@ class SessionState:
         """The agents currently active."""
         return list(self.ledger.active)
 
+    # Counted from what was published, not only from `agents.json`: its writes can
+    # be coalesced, so an agent that came and went between two reads is only known
+    # from the output lines that announced it.
     @property
     def agents_spawned(self) -> int:
-        return len(self.ledger.announced)
+        return max(len(self.ledger.announced), self.announced.agents_announced)
 
     @property
     def agents_completed(self) -> int:
-        return len(self.ledger.finished)
+        return max(len(self.ledger.finished), self.announced.agents_ended)
 
     def __repr__(self) -> str:
         return f"SessionState({self.id!r}, status={self.record.status!r}, managed={self.managed})"
