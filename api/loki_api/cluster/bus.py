@@ -181,6 +181,10 @@ class ClusterBus(EventBus):
     def _subject(self, type: str, session_id: str | None) -> bytes:
         return self.names.subject(type, session_id).encode()
 
+    @functools.lru_cache(maxsize=4096)  # noqa: B019
+    def _parse_subject(self, subject: bytes) -> tuple[str, str | None]:
+        return self.names.parse(subject.decode())
+
     async def _send_loop(self) -> None:
         """Publish the outbox's new entries, all of one loop turn in one write."""
         wake = self._wake
@@ -287,7 +291,7 @@ class ClusterBus(EventBus):
             own = header_value(headers, self._own_id)
             if own is not None and own.isdigit():
                 self._stored(int(own))  # our own event is stored
-        stored = stored_event(self.names, seq, subject.decode(), payload)
+        stored = stored_event(seq, *self._parse_subject(subject), payload)
         if stored is None:
             log.warning("skipping stream message %d: not a Loki event envelope", seq)
             return

@@ -7,6 +7,11 @@ the `Nats-Msg-Id` header, so when unacknowledged entries are sent again after a
 reconnect or a timeout, JetStream's duplicate window drops the copies of
 those it had already stored. An entry is acknowledged when the node reads it
 back from the stream.
+
+Entries are (subject, payload) tuples, which the garbage collector stops
+tracking, with the rare acks out of order and the notes kept aside: a burst
+puts tens of thousands of entries here, and lists would make every
+collection walk them all.
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ from typing import Any
 class Outbox:
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        # [subject, payload, acked, note]; entry i has number `_first + i`. `note` is what
-        # the sender attached to it (an output position), handed back by `take_unsent`/`ack`.
-        self._entries: deque[list[object]] = deque()
+        # (subject, payload); entry i has number `_first + i`.
+        self._entries: deque[tuple[bytes, bytes]] = deque()
         self._first = 1
+        self._acked: set[int] = set()  # acknowledged, but not the oldest entry yet
+        # What the sender attached to an entry (an output position), handed back by
+        # `take_unsent` and `ack`.
+        self._notes: dict[int, Any] = {}
         self._send_from = 1  # number of the first entry not sent yet
         # Entries numbered below this were sent before (a rewind): they go out asking for an ack.
         self.resend_until = 1
@@ -49,7 +57,7 @@ class Outbox:
         if len(self._entries) >= self.limit:
             self.lost += 1
             return False
-        self._entries.append([subject, payload, False, None])
+        self._entries.append((subject, payload))
         return True
 
     @property
@@ -61,7 +69,7 @@ class Outbox:
         """Attach `note` to entry `number` if it is still queued and not sent; True if done."""
         if number < self._send_from or number > self.last_number:
             return False
-        self._entries[number - self._first][3] = note
+        self._notes[number] = note
         return True
 
     def take_unsent(self) -> Iterator[tuple[int, bytes, bytes, Any]]:
@@ -71,27 +79,37 @@ class Outbox:
         start = self._send_from - first
         end = len(entries)
         self._send_from = first + end
+        acked = self._acked
+        notes = self._notes
         for index in range(start, end):
-            subject, payload, acked, note = entries[index]
-            if not acked:
-                yield first + index, subject, payload, note  # type: ignore[misc]
+            number = first + index
+            if acked and number in acked:
+                continue
+            subject, payload = entries[index]
+            yield number, subject, payload, notes.get(number) if notes else None
 
     def ack(self, number: int) -> Any:
-        """JetStream stored entry `number`: drop it (and any acked run before it); its note."""
-        index = number - self._first
+        """JetStream stored entry `number`: drop it (and any acked run after it); its note."""
+        first = self._first
         entries = self._entries
-        if not 0 <= index < len(entries) or entries[index][2]:
+        acked = self._acked
+        if not first <= number < first + len(entries) or number in acked:
             return None
-        entry = entries[index]
-        entry[2] = True
         self.acked += 1
         self.progress_at = time.monotonic()
-        while entries and entries[0][2]:
+        if number == first:
             entries.popleft()
-            self._first += 1
-        if self._send_from < self._first:
-            self._send_from = self._first
-        return entry[3]
+            first += 1
+            while acked and first in acked:
+                acked.discard(first)
+                entries.popleft()
+                first += 1
+            self._first = first
+            if self._send_from < first:
+                self._send_from = first
+        else:
+            acked.add(number)
+        return self._notes.pop(number, None) if self._notes else None
 
     def rewind(self) -> None:
         """Send every unacknowledged entry again (after a reconnect or an ack timeout)."""

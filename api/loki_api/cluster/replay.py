@@ -31,14 +31,18 @@ FETCH_TIMEOUT = 5.0
 CONSUMER_IDLE = 30.0
 
 
-def stored_event(names: ClusterNames, seq: int, subject: str, payload: bytes) -> StoredEvent | None:
-    """The event a stream message holds, with its id `evt_<seq>_<ms>`; None if it is not one."""
+def stored_event(
+    seq: int, event_type: str, session_id: str | None, payload: bytes
+) -> StoredEvent | None:
+    """The event a stream message holds, with its id `evt_<seq>_<ms>`; None if it is not one.
+
+    Type and session come from the message's subject (`ClusterNames.parse`).
+    """
     start = len(PROVISIONAL)
     end = payload.find(b'"', start)
     if not payload.startswith(PROVISIONAL) or end < 0:
         return None
     event_id = f"evt_{seq}_{payload[start:end].decode()}"
-    event_type, session_id = names.parse(subject)
     return StoredEvent(
         seq, event_id, event_type, session_id, b'{"id":"%s%s' % (event_id.encode(), payload[end:])
     )
@@ -93,7 +97,7 @@ async def read_range(
                     found.cursor = last
                     break
                 found.cursor = seq
-                stored = stored_event(names, seq, msg.subject, msg.data)
+                stored = stored_event(seq, *names.parse(msg.subject), msg.data)
                 if stored is None:
                     continue
                 if found.first is None:
