@@ -1,11 +1,12 @@
 """Exactly-once session output across server SIGKILLs (SPEC §7), end to end.
 
-Runs scripts/bench/exactly_once.py small: a session printing 100 numbered lines
-a second, 20 SSE clients resuming with `Last-Event-ID`, and the server killed
-with SIGKILL three times at random moments (and restarted on the same state
-directory). Every client must get every line exactly once, ids strictly
-increasing. Before output positions went into the durable log, each kill
-republished about half a second of lines under new ids.
+Runs scripts/bench/exactly_once.py small: a session printing 600 numbered lines
+(200 a second; 100 on a cluster node, whose restarts take longer), 20 SSE clients
+resuming with `Last-Event-ID`, and the server killed with SIGKILL three times at
+random moments 0.2-0.8 s apart (and restarted on the same state directory).
+Every client must get every line exactly once, ids strictly increasing. Before
+output positions went into the durable log, each kill republished about half a
+second of lines under new ids.
 
 The kill times come from a random seed, shown on failure; set
 `LOKI_EXACTLY_ONCE_SEED` to run that seed again.
@@ -26,12 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
-    ("mode", "clients"),
-    [((), 20), (("--cluster",), 5)],
+    ("mode", "clients", "rate"),
+    [((), 20, 200), (("--cluster",), 5, 100)],
     ids=["one node", "cluster node"],
 )
 def test_every_line_exactly_once_across_sigkills(
-    tmp_path: Path, mode: tuple[str, ...], clients: int
+    tmp_path: Path, mode: tuple[str, ...], clients: int, rate: int
 ) -> None:
     """A cluster node has no local log: its positions ride on the events in JetStream."""
     seed = int(os.environ.get("LOKI_EXACTLY_ONCE_SEED") or random.randrange(1 << 30))
@@ -41,7 +42,7 @@ def test_every_line_exactly_once_across_sigkills(
             sys.executable,
             str(ROOT / "scripts" / "bench" / "exactly_once.py"),
             *mode,
-            *("--kills", "3", "--clients", str(clients), "--rate", "100", "--lines", "600"),
+            *("--kills", "3", "--clients", str(clients), "--rate", str(rate), "--lines", "600"),
             *("--min-gap", "0.2", "--max-gap", "0.8", "--seed", str(seed)),
             *("--json", str(report)),
         ],
