@@ -3,7 +3,7 @@
 All four phases (examples, coverage, fuzzing, stateful) with `--checks all`: fails
 on any 5xx, an undocumented status code or content type, a body that breaks its
 schema, an invalid request accepted or a valid one refused. Few cases per
-operation and a fixed seed, so CI stays around 20 s and a failure reproduces;
+operation and a fixed seed, so CI stays around 25 s and a failure reproduces;
 `LOKI_FUZZ_EXAMPLES=N` asks for more (N cases per operation, 4N stateful scenarios;
 default 5), `scripts/fuzz_long` is the long run. Stream cases stop reading after
 half a second of silence: a valid stream with nothing to send says all it has by then.
