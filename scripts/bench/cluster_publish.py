@@ -64,6 +64,9 @@ async def one_run(url: str, events: int, batch: int, run: int) -> dict[str, floa
             await asyncio.sleep(0.001)
         consumed_at = time.perf_counter()
         cpu = time.process_time() - cpu_began
+        # Leave the server as found: the next run starts on an empty store too.
+        assert bus.js is not None
+        await bus.js.delete_stream(bus.names.stream)
         tg.cancel_scope.cancel()
     return {
         "publish_per_s": round(events / (acked_at - began)),
