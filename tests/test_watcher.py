@@ -520,3 +520,20 @@ async def test_live_sessions_on_disk_before_start_are_listed_silently(loki_dir: 
             assert history["count"] == 0  # loading announced nothing
             ready = (await client.get("/health/ready")).json()
             assert ready["checks"]["watcher"] == {"ok": True, "detail": None}
+
+
+def test_a_rename_split_over_two_reads_holds_file_events_for_ms_not_half_a_second() -> None:
+    """watchdog waits for a move's second half, and every later event waits behind it."""
+    grouper_module = pytest.importorskip("watchdog.observers.inotify_move_event_grouper")
+    inotify = pytest.importorskip("watchdog.observers.inotify_c")
+    from loki_api.watcher.service import MOVE_PAIRING_DELAY, shorten_move_pairing
+
+    shorten_move_pairing()  # what the watcher does as it starts
+    grouper = grouper_module.InotifyMoveEventGrouper()
+    assert grouper._queue.delay == MOVE_PAIRING_DELAY < 0.05  # watchdog's own default: 0.5 s
+    moved_from = inotify.InotifyEvent(
+        wd=1, mask=inotify.InotifyConstants.IN_MOVED_FROM, cookie=7, name=b".tasks.json.tmp"
+    )
+    grouper.put_event(grouper_module.PathedInotifyEvent(moved_from, b"/s/.tasks.json.tmp"))
+    assert grouper.read_event() is not None  # its IN_MOVED_TO never came: given up on
+    grouper.close()
