@@ -138,6 +138,7 @@ class ClusterBus(EventBus):
         self.disconnected_at: float | None = None
         self._resubscribe = False
         self._delivered_at = time.monotonic()
+        self._watched_seq = 0
         self.stream_last_seq = 0
 
     @property
@@ -285,7 +286,6 @@ class ClusterBus(EventBus):
         """One message of the stream: stamp its id from the stream sequence and fan it out."""
         if seq <= self._seq:
             return  # a recreated consumer delivers again from where we asked
-        self._delivered_at = time.monotonic()
         self._seq = seq
         if headers is not None:
             own = header_value(headers, self._own_id)
@@ -529,11 +529,14 @@ class ClusterBus(EventBus):
                 continue
             now = time.monotonic()
             outbox = self.outbox
+            outbox.note_progress(now)
+            if self._seq != self._watched_seq:  # delivery moves: not stalled
+                self._watched_seq, self._delivered_at = self._seq, now
             if outbox.in_flight and now - outbox.progress_at > ACK_TIMEOUT:
                 outbox.rewind()
                 self._wake.set()
             consumer = self._consumer
-            if consumer is not None and (consumer.broken or consumer.silent):
+            if consumer is not None and (consumer.broken or consumer.silent(now)):
                 self._resubscribe = True
             if self._resubscribe:
                 # Reconnected: a consumer the server lost (restart, failover) is not
