@@ -59,7 +59,7 @@ from .consumer import StreamConsumer, ignore
 from .names import ClusterNames
 from .outbox import Outbox
 from .positions import OutputPosition, furthest, last_position
-from .replay import read_range, stored_event
+from .replay import read_from, stored_event
 from .wire import EventConnection, header_value, hpub
 
 log = logging.getLogger(__name__)
@@ -334,32 +334,25 @@ class ClusterBus(EventBus):
         if seq is None:
             return await super().open_subscription(event_filter, after_id=after_id, last=last)
         assert after_id is not None and self._js is not None
+
+        def keep(stored: StoredEvent) -> bool:
+            return stored.seq > seq and event_filter.matches(stored.type, stored.session_id)
+
         older: list[StoredEvent] = []
-        first: StoredEvent | None = None
-        cursor = seq
         deadline = time.monotonic() + CATCH_UP
         try:
-            while cursor < self._first_held() - 1:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the ring moved on faster than the stream could be read")
-                found = await read_range(
-                    self._js,
-                    self.names,
-                    max(cursor, 1) if first is None else cursor + 1,
-                    self._first_held() - 1,
-                    lambda stored: (
-                        stored.seq > seq and event_filter.matches(stored.type, stored.session_id)
-                    ),
-                )
-                if first is None:
-                    first = found.first
-                    if first is None:
+            # From `seq` itself, to check that the id is ours.
+            async with read_from(self._js, self.names, max(seq, 1)) as stream:
+                while stream.cursor < self._first_held() - 1:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the ring moved on faster than the stream was read")
+                    older += await stream.read_to(self._first_held() - 1, keep)
+                    if stream.first is None:
                         break  # the stream no longer has any of it: the ring's gap
-                older.extend(found.events)
-                cursor = max(cursor, found.cursor)
         except Exception as exc:
             log.warning("cannot replay from the event stream (%s); using the ring", describe(exc))
             return await super().open_subscription(event_filter, after_id=after_id, last=last)
+        first, cursor = stream.first, stream.cursor
         if first is None:
             return await super().open_subscription(event_filter, after_id=after_id, last=last)
         gap = None
@@ -391,25 +384,19 @@ class ClusterBus(EventBus):
         if seq is None or limit <= 0:
             return await super().page(event_filter, limit=limit, after_id=after_id)
         assert self._js is not None
+
+        def keep(stored: StoredEvent) -> bool:
+            return event_filter.matches(stored.type, stored.session_id)
+
         older: list[StoredEvent] = []
-        cursor = seq
         try:
-            while cursor < self._first_held() - 1 and len(older) < limit:
-                found = await read_range(
-                    self._js,
-                    self.names,
-                    cursor + 1,
-                    self._first_held() - 1,
-                    lambda stored: event_filter.matches(stored.type, stored.session_id),
-                    limit - len(older),
-                )
-                older.extend(found.events)
-                if found.cursor <= cursor:
-                    break
-                cursor = found.cursor
+            async with read_from(self._js, self.names, seq + 1) as stream:
+                while stream.cursor < self._first_held() - 1 and len(older) < limit:
+                    older += await stream.read_to(self._first_held() - 1, keep, limit - len(older))
         except Exception as exc:
             log.warning("cannot page the event stream (%s); using the ring", describe(exc))
             return await super().page(event_filter, limit=limit, after_id=after_id)
+        cursor = stream.cursor
         if len(older) >= limit:
             return older
         return older + self.history(

@@ -17,14 +17,11 @@ so that file is never ahead of what the stream holds.
 
 from __future__ import annotations
 
-import logging
-
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from .names import ClusterNames
-
-log = logging.getLogger(__name__)
+from .replay import reader
 
 HEADER = b"Loki-Output"
 # How long one fetch of a session's last events may take.
@@ -70,20 +67,10 @@ async def last_position(
     js: JetStreamContext, names: ClusterNames, session_id: str
 ) -> dict[str, int] | None:
     """The furthest output position among the session's last stored events (one per type)."""
-    sub = await js.pull_subscribe(
-        names.session_events(session_id),
-        stream=names.stream,
-        config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-            ack_policy=AckPolicy.NONE,
-            inactive_threshold=30.0,
-            mem_storage=True,
-            num_replicas=1,
-        ),
-    )
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
     found: dict[str, int] | None = None
     name = HEADER.decode()
-    try:
+    async with reader(js, names, names.session_events(session_id), config) as sub:
         pending = (await sub.consumer_info()).num_pending or 0
         while pending > 0:
             batch = await sub.fetch(min(pending, 100), timeout=LOOKUP_TIMEOUT)
@@ -91,10 +78,4 @@ async def last_position(
             for msg in batch:
                 if msg.headers and name in msg.headers:
                     found = furthest(found or {}, decode_position(msg.headers[name].encode()))
-    finally:
-        try:
-            await sub.unsubscribe()
-            await js.delete_consumer(names.stream, sub._consumer)
-        except Exception as exc:
-            log.debug("could not delete a position lookup consumer: %s", exc)
     return found

@@ -10,9 +10,10 @@ pull consumer that reads the range in batches and is deleted afterwards.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -48,70 +49,79 @@ def stored_event(
     )
 
 
-@dataclass
-class StreamRange:
-    """What a read of sequences `first..last` of the stream found."""
-
-    events: list[StoredEvent] = field(default_factory=list)
-    # The first event the stream still had in the range, kept or not (None: nothing at all).
-    first: StoredEvent | None = None
-    # The last sequence looked at: the read covered everything up to here.
-    cursor: int = 0
-
-
-async def read_range(
-    js: JetStreamContext,
-    names: ClusterNames,
-    first: int,
-    last: int,
-    keep: Callable[[StoredEvent], bool],
-    limit: int | None = None,
-) -> StreamRange:
-    """The events of sequences `first..last` that `keep` accepts, in order (at most `limit`).
-
-    Sequences the stream no longer holds (older than its retention) are skipped:
-    `first` says where it really started. Raises on NATS errors and timeouts.
-    """
-    found = StreamRange(cursor=first - 1)
-    if last < first:
-        return found
-    sub = await js.pull_subscribe(
-        names.all_events,
-        stream=names.stream,
-        config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=first,
-            ack_policy=AckPolicy.NONE,
-            inactive_threshold=CONSUMER_IDLE,
-            mem_storage=True,
-            num_replicas=1,
-        ),
-    )
+@asynccontextmanager
+async def reader(
+    js: JetStreamContext, names: ClusterNames, subject: str, config: ConsumerConfig
+) -> AsyncIterator[JetStreamContext.PullSubscription]:
+    """A short-lived, unacknowledged pull consumer of `subject`, deleted on the way out."""
+    config.ack_policy = AckPolicy.NONE
+    config.inactive_threshold = CONSUMER_IDLE
+    config.mem_storage = True
+    config.num_replicas = 1
+    sub = await js.pull_subscribe(subject, stream=names.stream, config=config)
     try:
-        while found.cursor < last and (limit is None or len(found.events) < limit):
-            batch = await sub.fetch(min(READ_BATCH, last - found.cursor), timeout=FETCH_TIMEOUT)
-            for msg in batch:
-                meta = msg.metadata
-                seq = meta.sequence.stream
-                if seq > last:
-                    found.cursor = last
-                    break
-                found.cursor = seq
-                stored = stored_event(seq, *names.parse(msg.subject), msg.data)
-                if stored is None:
-                    continue
-                if found.first is None:
-                    found.first = stored
-                if keep(stored):
-                    found.events.append(stored)
-                    if limit is not None and len(found.events) >= limit:
-                        break
-                if meta.num_pending == 0:  # the stream ends before `last`
-                    found.cursor = max(found.cursor, last)
+        yield sub
     finally:
         try:
             await sub.unsubscribe()
             await js.delete_consumer(names.stream, sub._consumer)
         except Exception as exc:  # removed by JetStream once idle anyway
-            log.debug("could not delete a replay consumer: %s", exc)
-    return found
+            log.debug("could not delete a reading consumer: %s", exc)
+
+
+class RangeReader:
+    """Reads the stream forward from sequence `start`, in steps up to a moving end."""
+
+    def __init__(self, sub: JetStreamContext.PullSubscription, names: ClusterNames, start: int):
+        self._sub = sub
+        self._names = names
+        self._unread: list[Msg] = []  # fetched past the last step's end
+        # The last sequence looked at: everything up to here is read.
+        self.cursor = start - 1
+        # The first event the stream still had, kept or not (None: none yet). Later than
+        # `start` when the stream no longer reaches back that far.
+        self.first: StoredEvent | None = None
+
+    async def read_to(
+        self, last: int, keep: Callable[[StoredEvent], bool], limit: int | None = None
+    ) -> list[StoredEvent]:
+        """The events up to sequence `last` that `keep` accepts, in order (at most `limit`).
+
+        Raises on NATS errors and timeouts.
+        """
+        events: list[StoredEvent] = []
+        while self.cursor < last and (limit is None or len(events) < limit):
+            batch = self._unread or await self._sub.fetch(
+                min(READ_BATCH, last - self.cursor), timeout=FETCH_TIMEOUT
+            )
+            self._unread = []
+            if not batch:
+                raise TimeoutError("the stream returned nothing")
+            for index, msg in enumerate(batch):
+                meta = msg.metadata
+                seq = meta.sequence.stream
+                if seq > last or (limit is not None and len(events) >= limit):
+                    self._unread = batch[index:]
+                    if seq > last:
+                        self.cursor = last  # the sequences in between are gone
+                    break
+                self.cursor = seq
+                stored = stored_event(seq, *self._names.parse(msg.subject), msg.data)
+                if stored is not None:
+                    if self.first is None:
+                        self.first = stored
+                    if keep(stored):
+                        events.append(stored)
+                if meta.num_pending == 0:  # the stream ends here
+                    self.cursor = max(seq, last)
+        return events
+
+
+@asynccontextmanager
+async def read_from(
+    js: JetStreamContext, names: ClusterNames, start: int
+) -> AsyncIterator[RangeReader]:
+    """`RangeReader` over the whole event stream from `start` (an async context manager)."""
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+    async with reader(js, names, names.all_events, config) as sub:
+        yield RangeReader(sub, names, start)
