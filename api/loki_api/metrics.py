@@ -17,7 +17,7 @@ come from closed sets (event types, statuses, providers, streams).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -56,6 +56,14 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
+def _counter_by(name: str, doc: str, label: str, counts: Mapping[str, float]) -> Metric:
+    """A counter with one label, a sample per key of `counts` (sorted)."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, count in sorted(counts.items()):
+        family.add_metric([key], count)
+    return family
+
+
 class LokiCollector:
     """Reads the runtime's counters at scrape time."""
 
@@ -72,12 +80,9 @@ class LokiCollector:
 
     def _events(self) -> Iterator[Metric]:
         bus = self.runtime.bus
-        published = CounterMetricFamily(
-            "loki_events_published", "Events published on the bus, by type.", labels=["type"]
+        yield _counter_by(
+            "loki_events_published", "Events published on the bus, by type.", "type", bus.by_type
         )
-        for event_type, count in sorted(bus.by_type.items()):
-            published.add_metric([event_type], count)
-        yield published
         yield _counter(
             "loki_events_delivered",
             "Events written to event streams (replays included), summed over streams.",
@@ -165,24 +170,20 @@ class LokiCollector:
             watcher.rescans,
         )
         files = runtime.files
-        rejected = CounterMetricFamily(
+        yield _counter_by(
             "loki_state_files_rejected",
             "Paths under .loki/ skipped as unsafe or over a cap (SPEC 3.2), once per path "
             "and reason, by kind: symlink, not_regular, too_large, json_shape, other.",
-            labels=["reason"],
+            "reason",
+            files.rejected,
         )
-        for kind, count in sorted(files.rejected.items()):
-            rejected.add_metric([kind], count)
-        yield rejected
-        errors = CounterMetricFamily(
+        yield _counter_by(
             "loki_storage_write_errors",
             "Writes of the server's own state the storage refused, by area: "
             "event_log, snapshot, sessions, output, other.",
-            labels=["what"],
+            "what",
+            files.write_errors,
         )
-        for area, count in sorted(files.write_errors.items()):
-            errors.add_metric([area], count)
-        yield errors
 
     def _cluster(self) -> Iterator[Metric]:
         """NATS link of a cluster node (none in single-node mode)."""

@@ -555,17 +555,8 @@ class StateDir:
         try:
             with self._dir(parts[:-1], create=True) as dir_fd:
                 tmp = f".{parts[-1]}.{secrets.token_hex(4)}.tmp"
-                fd = os.open(
-                    tmp,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o644,
-                    dir_fd=dir_fd,
-                )
+                write_new(dir_fd, tmp, data)
                 try:
-                    try:
-                        write_all(fd, data)
-                    finally:
-                        os.close(fd)
                     os.replace(tmp, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                 except BaseException:
                     with contextlib.suppress(OSError):
@@ -683,19 +674,10 @@ class StateDir:
         try:
             with self._dir((), create=True) as dir_fd:
                 name = f".probe.{secrets.token_hex(4)}"
-                fd = os.open(
-                    name,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o644,
-                    dir_fd=dir_fd,
-                )
-                try:
-                    # A few KiB: an empty file only needs an inode, even on a full disk.
-                    write_all(fd, b"\0" * 4096)
-                finally:
-                    os.close(fd)
-                    with contextlib.suppress(OSError):
-                        os.unlink(name, dir_fd=dir_fd)
+                # A few KiB: an empty file only needs an inode, even on a full disk.
+                write_new(dir_fd, name, b"\0" * 4096)
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=dir_fd)
         except OSError as exc:
             if exc.errno in STORAGE_ERRNOS:
                 self.storage_failed(".probe", exc)
@@ -715,3 +697,25 @@ def write_all(fd: int, data: bytes) -> None:
     while view:
         written = _os_write(fd, view)
         view = view[written:]
+
+
+def write_new(dir_fd: int, name: str, data: bytes) -> None:
+    """Create file `name` in `dir_fd` holding `data`: never an existing file or a link.
+
+    If the write fails (a full disk), the half-written file is removed again.
+    """
+    fd = os.open(
+        name,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o644,
+        dir_fd=dir_fd,
+    )
+    try:
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dir_fd)
+        raise
