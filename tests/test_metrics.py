@@ -212,6 +212,17 @@ async def test_refused_starts_are_counted_by_outcome(tmp_path: Path) -> None:
     assert value(samples, "loki_session_starts_total", **labels) == 1
 
 
+def test_connections_the_guard_closed_are_counted(tmp_path: Path) -> None:
+    runtime = Runtime(Settings(loki_dir=tmp_path))
+    guard = runtime.connections
+    guard.per_address = 1
+    assert guard.admit("10.0.0.5") and not guard.admit("10.0.0.5")  # over its cap
+    guard.timed_out += 2  # as `GuardedProtocol._head_late` counts them
+    samples = parse(generate_latest(runtime.metrics).decode())
+    assert value(samples, "loki_connections_refused_total") == 1
+    assert value(samples, "loki_connections_timed_out_total") == 2
+
+
 async def test_stream_cutoffs_are_counted() -> None:
     bus = EventBus(history=10, max_pending=2)
     subscriber, _ = bus.subscribe()

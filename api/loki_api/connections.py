@@ -28,6 +28,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from .security import peer_ip
+
 log = logging.getLogger(__name__)
 
 HEAD_TIMEOUT = 10.0
@@ -39,13 +41,8 @@ def peer_address(transport: asyncio.BaseTransport) -> str | None:
     peer = transport.get_extra_info("peername")
     if not isinstance(peer, tuple) or not peer:
         return None
-    try:
-        address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return str(address)
+    address = peer_ip(str(peer[0]))
+    return str(address) if address is not None else None
 
 
 def is_loopback_address(address: str) -> bool:

@@ -245,3 +245,14 @@ class LokiCollector:
         for (route, method), buckets in sorted(http.durations.items()):
             durations.add_metric([route, method], _buckets(buckets), buckets.sum)
         yield durations
+        guard = self.runtime.connections
+        yield _counter(
+            "loki_connections_refused",
+            "Connections closed at once: their address had --connections-per-address open.",
+            guard.refused,
+        )
+        yield _counter(
+            "loki_connections_timed_out",
+            "Connections closed for not sending a complete request head in --head-timeout.",
+            guard.timed_out,
+        )

@@ -51,18 +51,21 @@ def is_public(path: str) -> bool:
     )
 
 
+def peer_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer's address as an IP (zone id dropped, IPv4-mapped IPv6 as IPv4), else None."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def is_loopback_peer(scope: Scope) -> bool:
     client = scope.get("client")
-    if not client:
-        return False
-    host = str(client[0])
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+    address = peer_ip(str(client[0])) if client else None
+    return address is not None and address.is_loopback
 
 
 def host_header(scope: Scope) -> str | None:

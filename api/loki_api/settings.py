@@ -121,10 +121,6 @@ class Settings:
         return bool(self.nats_urls)
 
     @property
-    def is_loopback_bind(self) -> bool:
-        return is_loopback_host(self.host)
-
-    @property
     def scheme(self) -> str:
         return "https" if self.tls_cert else "http"
 
