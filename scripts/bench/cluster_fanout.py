@@ -22,21 +22,27 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import Server, base_parser, load_cli_cmd, loki_server_cmd, raise_fd_limit, write_json
+from _common import (
+    Server,
+    base_parser,
+    load_cli_cmd,
+    loki_server_cmd,
+    median,
+    raise_fd_limit,
+    write_json,
+)
 from fanout import OUR_PATH, Target, run_once
 
 from loki_api.cluster.natsserver import NatsServer
 
 
 def median_of(runs: list[dict[str, Any]], key: str) -> float:
-    values = [r[key] for r in runs if key in r and r[key] == r[key]]
-    return round(statistics.median(values), 3) if values else float("nan")
+    return round(median(r[key] for r in runs if key in r), 3)
 
 
 def main() -> int:

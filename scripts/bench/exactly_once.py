@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -124,7 +125,9 @@ async def run(args: Any) -> dict[str, Any]:
             # One node of a cluster: its events live in JetStream, not in a local log.
             from loki_api.cluster.natsserver import NatsServer
 
-            nats = stack.enter_context(NatsServer(Path(tempfile.mkdtemp(prefix="loki-nats-"))))
+            store = Path(tempfile.mkdtemp(prefix="loki-nats-"))
+            stack.callback(shutil.rmtree, store, ignore_errors=True)
+            nats = stack.enter_context(NatsServer(store))
             cluster = ["--nats", nats.url, "--cluster", "once", "--node-id", "n1"]
         server = Server.scratch_server(
             loki_server_cmd("--cli", load_cli_cmd(), *cluster),
