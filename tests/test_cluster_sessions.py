@@ -97,6 +97,10 @@ async def test_every_node_answers_for_every_session_and_controls_it(
             nodes[2], "/api/tasks"
         )[3:5]
         assert paged["pagination"] == {"total": 6, "limit": 2, "offset": 3, "hasMore": True}
+        # A bad query is the 400 one node gives; a page past what nodes answer, a clear 400.
+        for params in ({"limit": "abc"}, {"offset": "²"}, {"offset": 999, "limit": 2}):
+            refused = httpx.get(f"{nodes[1].url}/api/tasks", params=params, timeout=5)
+            assert refused.status_code == 400, (params, refused.text)
         for path in ("/api/tasks/active", "/api/tasks/queue"):  # (the session moves on)
             await wait_for(
                 lambda p=path: (

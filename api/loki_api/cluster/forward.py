@@ -244,12 +244,27 @@ class ClusterRouting:
         assert registry is not None
         path = scope["path"]
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-        if path == "/api/tasks":
+        limit, offset = DEFAULT_LIMIT, 0
+        if path == "/api/tasks" and all(
+            query.get(name, "0").isascii() and query.get(name, "0").isdigit()
+            for name in ("limit", "offset")
+        ):  # (else this node's own answer below is the 400 it deserves)
             # Every node's first offset+limit tasks hold the merged page.
-            limit = int(query["limit"]) if query.get("limit", "").isdigit() else DEFAULT_LIMIT
-            limit = min(limit, MAX_LIMIT)
-            offset = int(query["offset"]) if query.get("offset", "").isdigit() else 0
-            query.update(limit=str(min(offset + limit, MAX_LIMIT)), offset="0")
+            limit = min(int(query.get("limit", DEFAULT_LIMIT)), MAX_LIMIT)
+            offset = int(query.get("offset", 0))
+            if offset + limit > MAX_LIMIT:
+                # A node answers at most MAX_LIMIT tasks per request: a page past them
+                # could not be merged right, so say so rather than answer a wrong page.
+                response = error_response(
+                    400,
+                    f"Across nodes, /api/tasks pages reach the first {MAX_LIMIT} tasks "
+                    f"(offset + limit <= {MAX_LIMIT}); filter by status or session instead",
+                    "BAD_REQUEST",
+                    {"offset": offset, "limit": limit},
+                )
+                await response(scope, receive, send)
+                return
+            query.update(limit=str(offset + limit), offset="0")
         request = self.request(scope, b"")
         request.query = urlencode(query).encode()
         own = await self.forwarder.run_locally(request)
