@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
+from loki_api.cluster.names import ClusterNames
 from loki_api.filters import MATCH_ALL
 from loki_api.health_problems import HealthProblems
 from loki_api.models import LogEventData
@@ -143,3 +144,29 @@ async def test_what_is_published_during_a_graceful_stop_still_reaches_the_stream
     assert len(bus.outbox) == 0
     async with running_bus(nats_url, settings.cluster, node="b") as reader:
         assert reader.last_seq == 200
+
+
+def test_a_heartbeat_that_says_deliveries_were_missed_breaks_the_consumer() -> None:
+    on_event_calls: list[int] = []
+    reader = consumer.StreamConsumer(
+        None, None, ClusterNames("t"), lambda seq, *_: on_event_calls.append(seq), 0.5
+    )
+    beat = b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: %d\r\nNats-Last-Stream: 9\r\n\r\n"
+    reader._next_dseq = 6  # deliveries 1..5 arrived
+    reader._on_raw(b"_INBOX.x", b"", b"", beat % 5)
+    assert not reader.broken
+    reader._on_raw(b"_INBOX.x", b"", b"", beat % 7)  # 6 and 7 never came
+    assert reader.broken and reader.received == 2 and not on_event_calls
+
+
+async def test_a_consumer_that_goes_silent_is_recreated_without_a_gap(nats_url: str) -> None:
+    async with running_bus(nats_url) as bus:
+        publish_lines(bus, 50)
+        await wait_for(lambda: bus.last_seq == 50, timeout=10)
+        first_consumer = bus._consumer._name
+        # Its messages stop reaching it (heartbeats too), as if its delivery were gone.
+        bus.nc.drop_raw_handler(bus._consumer._sub)
+        await wait_for(lambda: bus._consumer._name != first_consumer, timeout=10)
+        publish_lines(bus, 50)
+        await wait_for(lambda: bus.last_seq == 100, timeout=10)
+        assert_gapless_once(bus, 100)

@@ -92,3 +92,24 @@ async def test_a_sessions_last_file_writes_are_published_before_its_end(
     kinds = [(m.event, m.json()["data"].get("taskId")) for m in seen]
     assert ("task:completed", "t1") in kinds and ("task:completed", "t2") in kinds, kinds
     assert detail["tasks"]["completed"] == 2, detail
+
+
+@pytest.mark.anyio
+async def test_a_finished_sessions_output_position_is_let_go(tmp_path: Path) -> None:
+    """Positions are for resuming a running session; an ended one's would only pile up."""
+    from loki_api.settings import Settings
+
+    from .support import serve_in_process, wait_for
+
+    loki_dir = tmp_path / "project"
+    loki_dir.mkdir()
+    async with serve_in_process(Settings(loki_dir=loki_dir, port=0, simulate=True)) as srv:
+        positions = srv.runtime.bus._log.output_positions
+        async with sse_stream(srv.url) as reader:
+            async with httpx.AsyncClient(base_url=srv.url) as client:
+                started = await client.post("/api/sessions", json={})
+                session_id = started.json()["sessionId"]
+                await reader.until(lambda m: m.event == "log:info")
+                await wait_for(lambda: session_id in positions)  # while it runs
+                await reader.until(lambda m: m.event == "session:completed", timeout=30)
+        assert session_id not in positions

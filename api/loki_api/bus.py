@@ -415,6 +415,11 @@ class EventBus:
             return {}
         return dict(self._log.output_positions.get(session_id, {}))
 
+    def forget_output(self, session_id: str) -> None:
+        """A session is no longer supervised: its output position is not needed any more."""
+        if self._log is not None:
+            self._log.output_positions.pop(session_id, None)
+
     def saved_position(self, session_id: str, read: dict[str, int]) -> dict[str, int] | None:
         """What `supervisor.json` may say of a session's output: never ahead of the events kept.
 
@@ -570,20 +575,31 @@ class EventBus:
             self.gaps += 1
         return gap
 
-    def _gap(self, after_id: str) -> StreamGap | None:
+    def _first_held(self) -> int:
+        """The sequence of the oldest event held (the next one when none is)."""
         history = self._history
-        oldest = history[0] if history else None
-        resumed_from = oldest.id if oldest is not None else None
+        return history[0].seq if history else self._seq + 1
+
+    def _oldest_id(self) -> str | None:
+        history = self._history
+        return history[0].id if history else None
+
+    def _not_ours(self, after_id: str) -> StreamGap:
+        """The gap for an id that is not one of ours: its client gets everything held."""
+        return StreamGap(last_event_id=after_id, resumed_from=self._oldest_id(), missed=None)
+
+    def _gap(self, after_id: str) -> StreamGap | None:
+        resumed_from = self._oldest_id()
         seq = seq_of(after_id) if EVENT_ID.fullmatch(after_id) else None
         if seq is None or seq > self._seq:
-            return StreamGap(last_event_id=after_id, resumed_from=resumed_from, missed=None)
-        first_held = oldest.seq if oldest is not None else self._seq + 1
+            return self._not_ours(after_id)
+        first_held = self._first_held()
         if seq < first_held - 1:
             return StreamGap(
                 last_event_id=after_id, resumed_from=resumed_from, missed=first_held - 1 - seq
             )
         if seq >= first_held and not after_id.endswith("_0") and self._held_id(seq) != after_id:
-            return StreamGap(last_event_id=after_id, resumed_from=resumed_from, missed=None)
+            return self._not_ours(after_id)
         return None
 
     def _held_id(self, seq: int) -> str | None:

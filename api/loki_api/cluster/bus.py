@@ -130,12 +130,12 @@ class ClusterBus(EventBus):
         self._output_at: dict[str, OutputPosition] = {}
         self._last_entry: dict[str, int] = {}
         self._confirmed: dict[str, dict[str, int]] = {}
+        self._last_confirmed: OutputPosition | None = None
         self._wake = asyncio.Event()
         self.connected = False
         self._closing = False
         self.caught_up = False
         self.last_error: str | None = None
-        self.disconnected_at: float | None = None
         self._resubscribe = False
         self._delivered_at = time.monotonic()
         self._watched_seq = 0
@@ -233,7 +233,9 @@ class ClusterBus(EventBus):
     def _stored(self, number: int) -> None:
         """Outbox entry `number` is in the stream: drop it, and confirm the position it carried."""
         position = self.outbox.ack(number)
-        if position is not None:
+        if position is not None and position is not self._last_confirmed:
+            # A session's events mostly carry the same position: merge each one once.
+            self._last_confirmed = position
             confirmed = self._confirmed.get(position.session_id)
             self._confirmed[position.session_id] = (
                 position.offsets if confirmed is None else furthest(confirmed, position.offsets)
@@ -254,6 +256,10 @@ class ClusterBus(EventBus):
         number = self._last_entry.get(session_id)
         if number is not None:
             self.outbox.attach(number, position)
+
+    def forget_output(self, session_id: str) -> None:
+        for per_session in (self._output_at, self._last_entry, self._confirmed):
+            per_session.pop(session_id, None)
 
     def output_position(self, session_id: str) -> dict[str, int]:
         """The furthest position the stream holds for the session (loaded at start-up)."""
@@ -315,10 +321,6 @@ class ClusterBus(EventBus):
             return None
         return seq
 
-    def _first_held(self) -> int:
-        history = self._history
-        return history[0].seq if history else self._seq + 1
-
     async def open_subscription(
         self, event_filter: EventFilter, *, after_id: str | None, last: int
     ) -> tuple[Subscriber, list[StoredEvent], StreamGap | None]:
@@ -363,7 +365,7 @@ class ClusterBus(EventBus):
         elif first.seq == seq and first.id != after_id and not after_id.endswith("_0"):
             # A sequence we hold under another id: not ours, so everything held, as on one node.
             self.gaps += 1
-            gap = StreamGap(last_event_id=after_id, resumed_from=self._oldest_id(), missed=None)
+            gap = self._not_ours(after_id)
             subscriber, replay = self.subscribe(event_filter, last=self.history_size)
             return subscriber, replay, gap
         if gap is not None:
@@ -371,10 +373,6 @@ class ClusterBus(EventBus):
         subscriber, replay = self.subscribe(event_filter, after_id=f"evt_{cursor}_0")
         self.replayed += len(older)
         return subscriber, older + replay, gap
-
-    def _oldest_id(self) -> str | None:
-        history = self._history
-        return history[0].id if history else None
 
     async def page(
         self, event_filter: EventFilter, *, limit: int, after_id: str | None
@@ -526,8 +524,9 @@ class ClusterBus(EventBus):
             if consumer is not None and (consumer.broken or consumer.silent(now)):
                 self._resubscribe = True
             if self._resubscribe:
-                # Reconnected: a consumer the server lost (restart, failover) is not
-                # waited out by heartbeats; resume right after the last delivered sequence.
+                # Reconnected (a consumer the server lost in a restart or failover is
+                # not waited out by heartbeats), or the consumer broke or went silent:
+                # a new one resumes right after the last delivered sequence.
                 self._resubscribe = False
                 try:
                     await self._subscribe(self._seq + 1)
@@ -571,12 +570,10 @@ class ClusterBus(EventBus):
     async def _on_disconnected(self) -> None:
         if self.connected and not self._closing:
             self.connected = False
-            self.disconnected_at = time.monotonic()
             log.warning("cluster: disconnected from NATS; buffering events")
 
     async def _on_reconnected(self) -> None:
         self.connected = True
-        self.disconnected_at = None
         nc = self._nc
         url = nc.connected_url if nc is not None else None
         log.info("cluster: reconnected to NATS at %s", url.netloc if url is not None else "?")

@@ -5,8 +5,9 @@ It does what nats-py's ordered consumer does, on the raw path of
 from a given stream sequence, with flow control and idle heartbeats; each
 data message's stream and delivery sequences come from its `$JS.ACK...`
 reply subject. A delivery sequence out of step (a message lost between
-server and client), or heartbeats that stop, marks it `broken`; the cluster
-bus then recreates it right after the last sequence it delivered.
+server and client, also as told by a heartbeat) marks it `broken`; nothing
+heard for three heartbeats makes it `silent`. Either way the cluster bus
+recreates it right after the last sequence it delivered.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class StreamConsumer:
         self._name: str | None = None
         self._next_dseq = 1
         self.broken = False
+        self._replies: set[asyncio.Future[None]] = set()
         # Messages of any kind, heartbeats included; `silent` notes when it last moved
         # (a clock read per message would cost more than the rest of the check).
         self.received = 0
@@ -147,7 +149,10 @@ class StreamConsumer:
         """Flow control (answer it) or an idle heartbeat (which may say we missed something)."""
         answer = reply or header_value(headers, STALLED)
         if answer:
-            asyncio.ensure_future(self._nc.publish(answer.decode()))
+            # Queued now, written by nats-py's flusher (this runs inside its parser).
+            task = asyncio.ensure_future(self._nc.publish(answer.decode()))
+            self._replies.add(task)  # kept until done: a task nobody holds may be collected
+            task.add_done_callback(self._replies.discard)
         last = header_value(headers, LAST_CONSUMER)
         if last is not None and last.isdigit() and int(last) >= self._next_dseq:
             log.warning("event consumer missed deliveries; recreating it")

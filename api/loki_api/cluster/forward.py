@@ -132,15 +132,6 @@ class Forwarder:
             "app": self.app,
             "state": {},
         }
-        body_sent = False
-
-        async def receive() -> Message:
-            nonlocal body_sent
-            if not body_sent:
-                body_sent = True
-                return {"type": "http.request", "body": request.body, "more_body": False}
-            return {"type": "http.disconnect"}
-
         status = 500
         out_headers: list[tuple[bytes, bytes]] = []
         chunks: list[bytes] = []
@@ -153,7 +144,7 @@ class Forwarder:
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
 
-        await self.inner(scope, receive, send)
+        await self.inner(scope, replay(request.body), send)
         return ForwardedResponse(status=status, headers=out_headers, body=b"".join(chunks))
 
     async def forward(self, node: str, request: ForwardedRequest) -> ForwardedResponse | None:

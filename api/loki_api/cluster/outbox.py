@@ -9,9 +9,9 @@ those it had already stored. An entry is acknowledged when the node reads it
 back from the stream.
 
 Entries are (subject, payload) tuples, which the garbage collector stops
-tracking, with the rare acks out of order and the notes kept aside: a burst
-puts tens of thousands of entries here, and lists would make every
-collection walk them all.
+tracking, with acks out of order (rare) and notes (the output position of
+a session's events) kept aside: a burst puts tens of thousands of entries
+here, and lists would make every collection walk them all.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Outbox:
         self.resend_until = 1
         self.lost = 0
         self.acked = 0
-        # Last time an ack came (noted by `note_progress`) or everything was (re)sent.
+        # Last time an ack came (noted by `note_progress`) or a rewind re-sent everything.
         self.progress_at = time.monotonic()
         self._acked_seen = 0
 
@@ -48,10 +48,6 @@ class Outbox:
     def in_flight(self) -> bool:
         """Some entries were sent and are still waiting for their ack."""
         return self._send_from > self._first
-
-    @property
-    def has_unsent(self) -> bool:
-        return self._send_from < self._first + len(self._entries)
 
     def append(self, subject: bytes, payload: bytes) -> bool:
         """Queue one event; False (and counted as lost) when the buffer is full."""

@@ -18,7 +18,7 @@ so that file is never ahead of what the stream holds.
 from __future__ import annotations
 
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
 
 from .names import ClusterNames
 from .replay import reader
@@ -67,10 +67,10 @@ async def last_position(
     js: JetStreamContext, names: ClusterNames, session_id: str
 ) -> dict[str, int] | None:
     """The furthest output position among the session's last stored events (one per type)."""
-    config = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
     found: dict[str, int] | None = None
     name = HEADER.decode()
-    async with reader(js, names, names.session_events(session_id), config) as sub:
+    subject = names.session_events(session_id)
+    async with reader(js, names, subject, DeliverPolicy.LAST_PER_SUBJECT) as sub:
         pending = (await sub.consumer_info()).num_pending or 0
         while pending > 0:
             batch = await sub.fetch(min(pending, 100), timeout=LOOKUP_TIMEOUT)

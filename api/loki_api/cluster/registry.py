@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,7 @@ import anyio
 import msgspec
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from ..models import ClusterNode, Session, SessionEventData
 from ..sessions.manager import ACTIVE_STATUSES
@@ -37,8 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KV_DEL = "DEL"
-KV_PURGE = "PURGE"
 # How often this node's records are compared with what it last put.
 SYNC_INTERVAL = 0.25
 
@@ -295,8 +292,3 @@ class Registry:
                     ),
                     session_id,
                 )
-
-    async def wait_synced(self, timeout: float) -> None:
-        with anyio.move_on_after(timeout):
-            while not self.synced:
-                await asyncio.sleep(0.01)

@@ -51,13 +51,21 @@ def stored_event(
 
 @asynccontextmanager
 async def reader(
-    js: JetStreamContext, names: ClusterNames, subject: str, config: ConsumerConfig
+    js: JetStreamContext,
+    names: ClusterNames,
+    subject: str,
+    deliver_policy: DeliverPolicy,
+    start: int | None = None,
 ) -> AsyncIterator[JetStreamContext.PullSubscription]:
     """A short-lived, unacknowledged pull consumer of `subject`, deleted on the way out."""
-    config.ack_policy = AckPolicy.NONE
-    config.inactive_threshold = CONSUMER_IDLE
-    config.mem_storage = True
-    config.num_replicas = 1
+    config = ConsumerConfig(
+        deliver_policy=deliver_policy,
+        opt_start_seq=start,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=CONSUMER_IDLE,
+        mem_storage=True,
+        num_replicas=1,
+    )
     sub = await js.pull_subscribe(subject, stream=names.stream, config=config)
     try:
         yield sub
@@ -122,6 +130,6 @@ async def read_from(
     js: JetStreamContext, names: ClusterNames, start: int
 ) -> AsyncIterator[RangeReader]:
     """`RangeReader` over the whole event stream from `start` (an async context manager)."""
-    config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
-    async with reader(js, names, names.all_events, config) as sub:
+    policy = DeliverPolicy.BY_START_SEQUENCE
+    async with reader(js, names, names.all_events, policy, start) as sub:
         yield RangeReader(sub, names, start)

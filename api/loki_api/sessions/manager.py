@@ -794,6 +794,7 @@ class SessionManager:
             return
         del self._supervised[sup.id]
         self._count_output(sup)
+        self.bus.forget_output(sup.id)  # its output is read to the end: no successor resumes it
         sup.done.set()
         # The launcher ends them all on its way out; not if it was killed itself.
         self._end_leftovers(sup.id, sup.cgroup)
