@@ -2,7 +2,7 @@
 
 One browser for the module, a fresh context (so a fresh sessionStorage) and a real
 `loki serve` per scenario. Skipped, with the reason, when there is no browser; CI
-installs Debian's chromium first (`scripts/ensure_browser.sh`, called by `.ci/run`).
+installs Debian's chromium first (`scripts/ensure_browser.sh`, called by `scripts/test`).
 Playwright's own browser download (`playwright install`) is never used.
 """
 
@@ -30,7 +30,7 @@ CHROMIUM = os.environ.get("LOKI_TEST_CHROMIUM") or shutil.which("chromium") or "
 if not os.access(CHROMIUM, os.X_OK):
     pytest.skip(
         f"browser tests need Debian's chromium at {CHROMIUM} "
-        "(scripts/ensure_browser.sh installs it; .ci/run calls that)",
+        "(scripts/ensure_browser.sh installs it; scripts/test calls that)",
         allow_module_level=True,
     )
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip package playwright missing")

@@ -91,58 +91,39 @@ async function pollStats() {
 // ------------------------------------------------------------------ cluster panel
 
 /**
- * Nodes from /api/status in cluster mode (SPEC §11): `cluster.nodes`, each as its last
- * heartbeat described it ({node, maxSessions, running, free, alive}); a cluster that
- * lists none yet shows the node answering. null: not a cluster.
+ * The cluster's nodes as /api/status lists them (ClusterInfo.nodes: {node,
+ * maxSessions, running, free, alive}); a cluster that lists none yet shows
+ * the node answering, with its NATS link. null: not a cluster.
  */
-function clusterNodes(status) {
-  const cluster = status.cluster && typeof status.cluster === 'object' ? status.cluster : null;
-  const nodes = (cluster && cluster.nodes) ?? status.nodes;
-  if (nodes && typeof nodes === 'object' && Object.keys(nodes).length > 0) {
-    return Array.isArray(nodes) ? nodes : Object.entries(nodes).map(([id, node]) => ({ id, ...node }));
-  }
-  if (cluster === null) return null;
-  const nats = cluster.nats && typeof cluster.nats === 'object' ? cluster.nats : {};
-  return [{ node: cluster.node, status: nats.connected === false ? 'NATS down' : 'up' }];
-}
-
-function count(value) {
-  if (Array.isArray(value)) return value.length;
-  if (value && typeof value === 'object') return Object.keys(value).length;
-  return value;
+function clusterNodes(cluster) {
+  if (!cluster) return null;
+  if (cluster.nodes.length > 0) return cluster.nodes;
+  return [{ node: cluster.node, state: cluster.nats.connected ? 'up' : 'NATS down' }];
 }
 
 function natsText(nats) {
-  if (!nats || typeof nats !== 'object') return nats ? `NATS ${nats}` : '';
-  const parts = [`NATS ${nats.connected === false ? 'disconnected' : 'connected'}`];
+  const parts = [`NATS ${nats.connected ? 'connected' : 'disconnected'}`];
   if (nats.buffered) parts.push(`${nats.buffered} buffered`);
   if (nats.lost) parts.push(`${nats.lost} lost`);
   return parts.join(', ');
 }
 
-const UP = ['up', 'alive', 'online', 'ok', 'healthy', 'ready'];
-
 function renderCluster(status) {
-  const nodes = clusterNodes(status);
+  const cluster = status.cluster ?? null;
+  const nodes = clusterNodes(cluster);
   const panel = byId('nodes-panel');
   panel.hidden = nodes === null;
   if (nodes === null) return;
-  const cluster = status.cluster && typeof status.cluster === 'object' ? status.cluster : {};
-  setText(byId('cluster-name'), [cluster.name, natsText(cluster.nats)].filter(Boolean).join(' · '));
-  const self = cluster.node ?? cluster.nodeId;
+  setText(byId('cluster-name'), `${cluster.name} · ${natsText(cluster.nats)}`);
   byId('node-list').replaceChildren(...nodes.map((node) => {
-    const id = String(node.node ?? node.id ?? node.nodeId ?? node.name ?? '?');
-    const state = String(node.status ?? node.state ?? (node.alive === false ? 'lost' : 'up'));
-    const running = node.running !== undefined ? `${count(node.running)} running` : '';
-    const free = node.free ?? node.freeSlots;
-    const facts = [
-      node.sessions !== undefined ? `${count(node.sessions)} sessions` : '',
-      running && node.maxSessions !== undefined ? `${running} of ${node.maxSessions}` : running,
-      free !== undefined ? `${free} free` : '',
-    ].filter(Boolean).join(' · ');
-    return el('li', { class: 'node', dataset: { node: id } },
-      el('span', { class: `dot ${UP.includes(state) ? 's-running' : 's-failed'}` }),
-      el('span', { class: 'mono', text: id + (self !== undefined && String(self) === id ? ' (this node)' : '') }),
+    const state = node.state ?? (node.alive ? 'up' : 'lost');
+    const facts = node.running === undefined ? '' : [
+      `${node.running} running of ${node.maxSessions}`,
+      `${node.free} free`,
+    ].join(' · ');
+    return el('li', { class: 'node', dataset: { node: node.node } },
+      el('span', { class: `dot ${state === 'up' ? 's-running' : 's-failed'}` }),
+      el('span', { class: 'mono', text: node.node + (node.node === cluster.node ? ' (this node)' : '') }),
       el('span', { class: 'muted', text: `${state}${facts ? ` · ${facts}` : ''}` }));
   }));
 }
