@@ -170,8 +170,9 @@ class UvicornCycle:
 
         The request's `receive()` returns at once. The end is a FIN after what
         the client has yet to read (a client that reads gets the final comment,
-        then the close); one that has not read it all `HANGUP_LINGER` seconds
-        later gets a reset, which it notices at once, unread bytes or not.
+        then the close); a connection still open `HANGUP_LINGER` seconds later
+        (not closed by its client, read or not) gets a reset, which it notices
+        at once, unread bytes or not.
         """
         cycle = self._cycle
         transport = self._transport
