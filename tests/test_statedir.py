@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -219,3 +221,18 @@ def test_documents_cut_strings_and_cap_items() -> None:
     assert all(t.title == "x" * 10 for t in tasks)
     agents = decode_agents(b'[{"id": "%s", "type": "dev"}]' % (b"a" * 50), "s1", limits)
     assert agents is not None and agents[0].id == "a" * 10
+
+
+def test_many_unclosed_quotes_are_checked_in_linear_time() -> None:
+    """A planted `"\\"\\"\\"...` (600 KB, far under the size cap) once took minutes of
+    regex backtracking on the event loop; now a single pass. Run apart, with a
+    deadline, so a regression fails instead of hanging the suite."""
+    code = (
+        "from loki_api.statedir import json_shape_problem\n"
+        "raw = b'[' + b'\"' + b'\\\\\"' * 300_000\n"
+        "print(json_shape_problem(raw, 64, 100_000))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert "unbalanced" in done.stdout  # the bracket outside the string is still seen
