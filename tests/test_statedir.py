@@ -236,3 +236,21 @@ def test_many_unclosed_quotes_are_checked_in_linear_time() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
     assert "unbalanced" in done.stdout  # the bracket outside the string is still seen
+
+
+def test_the_state_dir_swapped_for_a_link_while_running_is_not_followed(
+    files: StateDir, outside: Path, tmp_path: Path
+) -> None:
+    root = files.root
+    root.rename(tmp_path / "moved")
+    root.symlink_to(outside)  # what the session's agent could do any time
+    assert files.read("secret.json") is None
+    with pytest.raises(UnusableEntry):
+        files.write_atomic("sessions/s1/session.json", b"{}")
+    assert not files.is_dir(()) and files.list(".") == []
+    assert "symbolic link" in (files.health.get("stateFiles") or "")
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.json"]  # nothing written there
+    root.unlink()
+    (tmp_path / "moved").rename(root)
+    files.write_atomic("sessions/s1/session.json", b"{}")  # usable again, and said so
+    assert files.health.get("stateFiles") is None

@@ -253,7 +253,18 @@ class StateDir:
         """
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            # `.loki` itself is no exception: one swapped for a link while we run (the
+            # session's agent can do that) would send everything where it points.
+            fd = os.open(self.root, _DIR_FLAGS)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            what = _describe(os.lstat(self.root).st_mode)
+            self._skip((), what)
+            raise UnusableEntry(exc.errno, f"{what}, not a directory", str(self.root)) from None
+        if "." in self._skipped.get((), ()):
+            self._usable((".",))  # a real directory again
         try:
             for index, part in enumerate(parts):
                 if create:
@@ -481,7 +492,10 @@ class StateDir:
         """True for a real directory (a symlink to one is not)."""
         parts = self.parts(path)
         if not parts:
-            return self.root.is_dir()
+            try:
+                return stat.S_ISDIR(os.lstat(self.root).st_mode)
+            except OSError:
+                return False
         st = self.lstat(parts)
         return st is not None and stat.S_ISDIR(st.st_mode)
 
