@@ -147,9 +147,11 @@ class Runtime:
         """
         while True:
             await anyio.sleep(STORAGE_RETRY)
-            if self.health.get(STORAGE_KEY) is not None and self.files.probe() is None:
-                self.bus.flush()
-                self.save_snapshots()
+            if self.health.get(STORAGE_KEY) is not None:
+                self.files.probe()  # clears the problem when its write works
+                if self.health.get(STORAGE_KEY) is None:
+                    self.bus.flush()
+                    self.save_snapshots()
             elif self.health.get(EVENT_LOG_KEY) is not None:
                 self.bus.flush()
 
