@@ -18,6 +18,7 @@ from loki_api.sessions.process import (
     exit_status,
     find_session_process,
     group_alive,
+    leads_session,
     process_alive,
     recorded_exit_code,
     runs_session,
@@ -81,7 +82,17 @@ def test_spawned_child_runs_in_its_own_group_and_is_found_by_its_session(tmp_pat
     try:
         assert os.getpgid(proc.pid) == proc.pid != os.getpgid(0)
         assert runs_session(proc.pid, "sess-42") and not runs_session(proc.pid, "other")
-        assert find_session_process("sess-42") == proc.pid
+        assert find_session_process("sess-42") == proc.pid and leads_session(proc.pid)
+        # A leftover of the session that leads its own group carries the marker too; a
+        # session.json naming it must not make it the supervised process.
+        leftover = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(30)"], env=env, start_new_session=True
+        )
+        try:
+            assert runs_session(leftover.pid, "sess-42") and not leads_session(leftover.pid)
+        finally:
+            leftover.kill()
+            leftover.wait(5)
         assert group_alive(proc.pid) and process_alive(proc.pid)
         deadline = time.monotonic() + 10
         while b"err" not in (tmp_path / "stderr.txt").read_bytes():

@@ -58,6 +58,7 @@ from .process import (
     exit_status,
     find_session_process,
     group_alive,
+    leads_session,
     process_alive,
     recorded_exit_code,
     runs_session,
@@ -323,7 +324,12 @@ class SessionManager:
                 continue
             if not self.files.is_file(state.dir / SUPERVISOR_FILE):
                 continue  # someone else runs it; not ours to judge
-            pid = record.pid if record.pid and runs_session(record.pid, state.id) else None
+            # The pid session.json names is the child's to write: trusted only when it is
+            # the session's own launcher.
+            known = record.pid
+            pid = (
+                known if known and runs_session(known, state.id) and leads_session(known) else None
+            )
             pid = pid or find_session_process(state.id)
             self.store.adopt(state.id)
             cgroup = recorded_cgroup(self.files, state.dir, state.id)

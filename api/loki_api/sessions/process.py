@@ -253,12 +253,21 @@ def read_environ(pid: int) -> list[bytes]:
 def find_session_process(session_id: str) -> int | None:
     """The process-group leader running `session_id`, found by its environment."""
     for pid in marked(session_id):
-        try:
-            if os.getpgid(pid) == pid and process_alive(pid) and is_launcher(pid):
-                return pid
-        except OSError:
-            continue
+        if leads_session(pid):
+            return pid
     return None
+
+
+def leads_session(pid: int) -> bool:
+    """True for a live launcher leading its own process group: what we supervise.
+
+    Not a leftover of the session that called setsid (it carries the same
+    environment marker), and not any process a `session.json` names.
+    """
+    try:
+        return os.getpgid(pid) == pid and process_alive(pid) and is_launcher(pid)
+    except OSError:
+        return False
 
 
 def is_launcher(pid: int) -> bool:
