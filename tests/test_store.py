@@ -391,3 +391,18 @@ def test_session_ids_must_match_whole() -> None:
     assert valid_session_id("session_1_ab.c-d")
     for bad in ("abc\n", ".", "..", "../x", "a/b", "", "-x", "x" * 129):
         assert not valid_session_id(bad), bad
+
+
+def test_one_change_publishes_at_most_max_items_events(tmp_path: Path, bus: EventBus) -> None:
+    """An agents.json listing finished agents gives a spawn and an end per agent: capped."""
+    settings = Settings(loki_dir=tmp_path, max_state_items=4)
+    store = StateStore(settings, bus)
+    store.load()
+    events = Recorder(bus)
+    write(settings.sessions_dir / "s1" / "session.json", session_doc("s1"))
+    store.apply_file(settings.sessions_dir / "s1" / "session.json")
+    events.take()
+    agents = [{"id": f"a{n}", "type": "dev", "status": "completed"} for n in range(4)]
+    path = write(settings.sessions_dir / "s1" / "agents.json", {"active": agents})
+    store.apply_file(path)
+    assert len(events.take()) == 4  # of the 8 facts (4 spawns, 4 ends)

@@ -269,9 +269,10 @@ class StateStore:
     def reread(self, session_id: str) -> None:
         """Read one session's files now and publish what changed (its process has ended).
 
-        File events can arrive late (watchdog holds a rename's first half for up to
-        0.5 s when it sees it alone), so a session's end is announced only after its
-        last writes are read: no task or agent fact follows `session:completed`.
+        File events can arrive late (watchdog holds a rename's first half until the
+        second comes, and file events queue behind it), so a session's end is
+        announced only after its last writes are read: no task or agent fact
+        follows `session:completed`.
         """
         if session_id in self._sessions:
             self._guarded(self._refresh, session_id, publish=True)
